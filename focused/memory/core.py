@@ -1,0 +1,115 @@
+"""The memory-attention core: the one function every memory layer calls.
+
+CrossBatch training (memory = the keys/values of the previous rows of the batch) and inference (memory = the
+keys/values of the previous windows of the same document, from a cache) both build a `MemoryBlock` and call
+`memory_attention`, so what is trained and what is served cannot drift apart.
+
+What it computes (DESIGN §3), per batch row b, head h and query position t:
+
+    s_mem[m]   = <q_t, K_mem[m]> / sqrt(d) + (0 if mem_mask[m] else -inf)      memory keys are un-rotated
+    s_loc[s]   = <q_t, K_loc[s]> / sqrt(d) + (0 if local_mask[t, s] else -inf)  causal (and padding) mask
+    w          = softmax([s_mem ; s_loc])                                    ONE softmax, in float32
+    out_t      = sum_m w_mem[m] V_mem[m] + sum_s w_loc[s] V_loc[s]
+
+With no memory it is ordinary (grouped-query) attention. Key/value heads are shared by groups of
+`heads // kv_heads` query heads (grouped-query attention); memory is kept per key/value head.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+class MemoryBlock(NamedTuple):
+    """What a memory layer attends to beyond its local window.
+
+    keys:   `[batch, mem, kv_heads, head_dim]`, un-rotated (RoPE "as if at position 0"), any dtype (mem_dtype)
+    values: `[batch, mem, kv_heads, head_dim]`
+    mask:   `[batch, mem]` bool, True where the slot holds a real (non-padding) token
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    mask: jax.Array
+
+
+def causal_mask(key_valid: jax.Array) -> jax.Array:
+    """Causal mask with padding for one window: key_valid `[batch, seq]` bool → `[batch, seq, seq]` bool.
+
+    Query t may attend to key s when s <= t and key s is not padding. Queries themselves are never masked (a
+    fully masked row would make the softmax meaningless); outputs at padding positions are simply not used.
+    """
+    seq = key_valid.shape[-1]
+    tri = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    return tri[None] & key_valid[:, None, :]
+
+
+def _attend_chunk(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    local_mask: jax.Array,
+    memory: MemoryBlock | None,
+    scale: float,
+) -> jax.Array:
+    """q `[b, t, kvh, g, d]`, k/v `[b, s, kvh, d]`, local_mask `[b, t, s]` → `[b, t, kvh, g, d]`."""
+    f32 = jnp.float32
+    s_loc = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=f32) * scale
+    s_loc = jnp.where(local_mask[:, None, None], s_loc, MASKED)
+    if memory is None:
+        w_loc = jax.nn.softmax(s_loc, axis=-1)
+        return jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
+    mem_k = memory.keys.astype(q.dtype)
+    mem_v = memory.values.astype(v.dtype)
+    s_mem = jnp.einsum("btkgd,bmkd->bkgtm", q, mem_k, preferred_element_type=f32) * scale
+    s_mem = jnp.where(memory.mask[:, None, None, None, :], s_mem, MASKED)
+    n_mem = s_mem.shape[-1]
+    w = jax.nn.softmax(jnp.concatenate([s_mem, s_loc], axis=-1), axis=-1)
+    w_mem, w_loc = w[..., :n_mem], w[..., n_mem:]
+    out = jnp.einsum("bkgtm,bmkd->btkgd", w_mem.astype(v.dtype), mem_v)
+    return out + jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
+
+
+def memory_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    local_mask: jax.Array,
+    memory: MemoryBlock | None = None,
+    *,
+    query_chunk: int | None = None,
+) -> jax.Array:
+    """Attention over [memory ; local window] with one float32 softmax.
+
+    Args:
+      q: `[batch, seq, heads, head_dim]` queries (rotated when the layer uses positions).
+      k, v: `[batch, kv_len, kv_heads, head_dim]` local keys (rotated) and values.
+      local_mask: `[batch, seq, kv_len]` bool, True where query t may attend to local key s.
+      memory: optional `MemoryBlock`; None gives plain attention.
+      query_chunk: process queries in chunks of this many positions (LongLLaMA's `mem_attention_grouping`),
+        bounding the `[batch, heads, chunk, mem]` score buffer for long memories.
+    Returns:
+      `[batch, seq, heads, head_dim]` in v's dtype.
+    """
+    batch, seq, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads")
+    if memory is not None and memory.keys.shape[2] != kv_heads:
+        raise ValueError(f"memory has {memory.keys.shape[2]} kv heads, the layer has {kv_heads}")
+    scale = dim**-0.5
+    qg = q.reshape(batch, seq, kv_heads, heads // kv_heads, dim)
+    if query_chunk is None or query_chunk >= seq or seq % query_chunk:
+        out = _attend_chunk(qg, k, v, local_mask, memory, scale)
+    else:
+        n = seq // query_chunk
+        q_chunks = jnp.moveaxis(qg.reshape(batch, n, query_chunk, *qg.shape[2:]), 1, 0)
+        m_chunks = jnp.moveaxis(local_mask.reshape(batch, n, query_chunk, -1), 1, 0)
+        out = jax.lax.map(lambda qm: _attend_chunk(qm[0], k, v, qm[1], memory, scale), (q_chunks, m_chunks))
+        out = jnp.moveaxis(out, 0, 1).reshape(batch, seq, *qg.shape[2:])
+    return out.reshape(batch, seq, heads, dim)

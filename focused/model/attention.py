@@ -1,0 +1,91 @@
+"""Self-attention of one decoder block, with the FoT memory path for layers listed in `mem_layers`.
+
+Every layer runs causal attention with RoPE inside its window. A memory layer additionally attends to a
+`MemoryBlock` (earlier windows, or earlier rows under CrossBatch) through the shared core in
+`focused.memory.core`, and returns its window's raw keys/values so the caller can append them to memory.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from focused.memory.core import MemoryBlock, memory_attention
+from focused.model.config import LlamaConfig, resolve_dtype
+from focused.model.rope import apply_rope
+
+
+def dense(config: LlamaConfig, d_in: int, d_out: int, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
+    """A bias-free projection; its kernel `[d_in, d_out]` (torch weight transposed) carries logical axis names."""
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=False,
+        dtype=resolve_dtype(config.dtype),
+        param_dtype=resolve_dtype(config.param_dtype),
+        kernel_init=nnx.initializers.normal(config.initializer_range),
+        kernel_metadata={"logical_axes": axes},
+        rngs=rngs,
+    )
+
+
+class WindowKV(NamedTuple):
+    """A memory layer's contribution to memory from one window.
+
+    keys, values: `[batch, seq, kv_heads, head_dim]`; keys un-rotated (as if at position 0).
+    """
+
+    keys: jax.Array
+    values: jax.Array
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped-query key/value heads and optional memory."""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int, *, rngs: nnx.Rngs):
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_memory_layer = layer_idx in config.mem_layers
+        # LongLLaMA's NoPE variant: no RoPE at all inside memory layers
+        self.use_rope = not (self.is_memory_layer and not config.mem_positionals)
+        e, h, kv, d = config.hidden_size, config.num_attention_heads, config.kv_heads, config.head_size
+        self.q_proj = dense(config, e, h * d, ("embed", "heads"), rngs)
+        self.k_proj = dense(config, e, kv * d, ("embed", "kv_heads"), rngs)
+        self.v_proj = dense(config, e, kv * d, ("embed", "kv_heads"), rngs)
+        self.o_proj = dense(config, h * d, e, ("heads", "embed"), rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        local_mask: jax.Array,
+        memory: MemoryBlock | None = None,
+    ) -> tuple[jax.Array, WindowKV | None]:
+        """x `[batch, seq, hidden]`, cos/sin `[batch, seq, head_dim]`, local_mask `[batch, seq, seq]` bool.
+
+        Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None).
+        """
+        cfg = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.num_attention_heads, cfg.head_size)
+        k = self.k_proj(x).reshape(b, t, cfg.kv_heads, cfg.head_size)
+        v = self.v_proj(x).reshape(b, t, cfg.kv_heads, cfg.head_size)
+        raw = WindowKV(k, v) if self.is_memory_layer else None
+        if self.use_rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if memory is not None and not self.is_memory_layer:
+            raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
+        chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
+        out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk)
+        return self.o_proj(out.reshape(b, t, -1)), raw
+
+
+def window_memory_mask(attention_mask: jax.Array | None, batch: int, seq: int) -> jax.Array:
+    """The `[batch, seq]` bool mask a window leaves in memory: True for real tokens, False for padding."""
+    if attention_mask is None:
+        return jnp.ones((batch, seq), dtype=bool)
+    return attention_mask.astype(bool)

@@ -1,0 +1,160 @@
+"""The LLaMA / LongLLaMA decoder in Flax NNX.
+
+Attribute paths mirror Hugging Face `LlamaForCausalLM` so every parameter has one obvious torch name:
+`model.embed_tokens.embedding` ↔ `model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.kernel` ↔
+`model.layers.{i}.self_attn.q_proj.weight` (transposed), `model.norm.weight`, `lm_head.kernel` ↔ `lm_head.weight`.
+
+One call processes one window of at most `max_position_embeddings` tokens. Memory layers take a `MemoryBlock`
+each (`memory`, ordered as `config.mem_layers`) and hand back the window's raw keys/values (`memory_kv`) for the
+caller to append; `focused.memory.dense` runs the window-by-window loop over long inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from focused.memory.core import MemoryBlock, causal_mask
+from focused.model.attention import Attention, WindowKV, dense
+from focused.model.config import LlamaConfig, resolve_dtype
+from focused.model.rope import rope_cos_sin, rope_frequencies
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * weight, with the statistics in float32 (as LLaMA does); `weight` is `[hidden]`."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        del rngs
+        self.eps = config.rms_norm_eps
+        self.weight = nnx.Param(
+            jnp.ones((config.hidden_size,), resolve_dtype(config.param_dtype)), logical_axes=("norm",)
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); `[batch, seq, hidden]` → same."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        e, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = dense(config, e, f, ("embed", "mlp"), rngs)
+        self.up_proj = dense(config, e, f, ("embed", "mlp"), rngs)
+        self.down_proj = dense(config, f, e, ("mlp", "embed"), rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config, rngs=rngs)
+        self.self_attn = Attention(config, layer_idx, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, memory: MemoryBlock | None
+    ) -> tuple[jax.Array, WindowKV | None]:
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, memory)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+def _run_layer(
+    layer: DecoderLayer,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array,
+    memory: MemoryBlock | None,
+) -> tuple[jax.Array, WindowKV | None]:
+    return layer(x, cos, sin, mask, memory)
+
+
+class LlamaModel(nnx.Module):
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=resolve_dtype(config.dtype),
+            param_dtype=resolve_dtype(config.param_dtype),
+            embedding_init=nnx.initializers.normal(config.initializer_range),
+            embedding_metadata={"logical_axes": ("vocab", "embed")},
+            rngs=rngs,
+        )
+        self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config, rngs=rngs)
+        inv_freq, factor = rope_frequencies(
+            config.head_size, config.rope_theta, config.rope_scaling, config.max_position_embeddings
+        )
+        # static (not a Variable): derived from the config, never trained or saved
+        self.inv_freq = tuple(float(f) for f in inv_freq)
+        self.rope_attention_factor = factor
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        memory: Sequence[MemoryBlock | None] | None = None,
+    ) -> tuple[jax.Array, tuple[WindowKV, ...]]:
+        """input_ids `[batch, seq]` → (hidden `[batch, seq, hidden]`, raw K/V of each memory layer)."""
+        cfg = self.config
+        b, t = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        key_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+        mask = causal_mask(key_valid)
+        cos, sin = rope_cos_sin(positions, np.asarray(self.inv_freq, np.float32), self.rope_attention_factor)
+        if memory is not None and len(memory) != len(cfg.mem_layers):
+            raise ValueError(f"got {len(memory)} memory blocks for {len(cfg.mem_layers)} memory layers")
+        mem_by_layer = dict(zip(cfg.mem_layers, memory or (None,) * len(cfg.mem_layers), strict=True))
+        run = nnx.remat(_run_layer) if cfg.remat else _run_layer
+        x = self.embed_tokens(input_ids)
+        new_kv: list[WindowKV] = []
+        for i, layer in enumerate(self.layers):
+            x, kv = run(layer, x, cos, sin, mask, mem_by_layer.get(i))
+            if kv is not None:
+                new_kv.append(kv)
+        return self.norm(x), tuple(new_kv)
+
+
+class CausalLMOutput(NamedTuple):
+    logits: jax.Array  # [batch, seq, vocab] float32
+    memory_kv: tuple[WindowKV, ...]  # one per memory layer: the window's raw keys/values
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Decoder + untied (or tied) lm_head. Call on one window; see `focused.memory.dense` for long inputs."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = LlamaModel(config, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = dense(config, config.hidden_size, config.vocab_size, ("embed", "vocab"), rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        memory: Sequence[MemoryBlock | None] | None = None,
+    ) -> CausalLMOutput:
+        """input_ids `[batch, seq]` int, attention_mask `[batch, seq]` (1 = token, 0 = padding),
+        positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer or None."""
+        hidden, kv = self.model(input_ids, attention_mask, positions, memory)
+        if self.config.tie_word_embeddings:
+            logits = self.model.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return CausalLMOutput(logits.astype(jnp.float32), kv)
