@@ -1,0 +1,141 @@
+"""Dense memory on the accelerator and the window-by-window forward pass over long inputs.
+
+The memory of every memory layer is one preallocated buffer (no re-allocation per window):
+
+    keys, values: `[mem_layers, batch, capacity, kv_heads, head_dim]` in `mem_dtype`
+    mask:         `[batch, capacity]` bool (False for empty slots and for remembered padding)
+    length:       scalar int32, how many slots have been written (may exceed capacity with `drop_oldest`)
+
+A long input `[batch, n]` is cut into windows of `max_position_embeddings` tokens; each window attends to itself
+(positions rebased to 0..W-1) and, in memory layers, to everything in memory; then its raw keys/values are
+written into the buffer. Memory attention has no notion of order, so "drop oldest" is a ring buffer.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from focused.memory.core import MemoryBlock
+from focused.model.attention import WindowKV
+from focused.model.config import LlamaConfig, resolve_dtype
+from focused.model.llama import LlamaForCausalLM
+
+POLICIES = ("error", "drop_oldest")
+
+
+class DenseMemoryState(NamedTuple):
+    keys: jax.Array  # [mem_layers, batch, capacity, kv_heads, head_dim]
+    values: jax.Array  # [mem_layers, batch, capacity, kv_heads, head_dim]
+    mask: jax.Array  # [batch, capacity] bool
+    length: jax.Array  # [] int32: tokens written so far
+
+
+def init_memory(config: LlamaConfig, batch: int, capacity: int) -> DenseMemoryState:
+    """An empty memory able to hold `capacity` tokens per batch row for every memory layer."""
+    if capacity <= 0:
+        raise ValueError(f"memory capacity must be positive, got {capacity}")
+    shape = (len(config.mem_layers), batch, capacity, config.kv_heads, config.head_size)
+    dtype = resolve_dtype(config.mem_dtype)
+    return DenseMemoryState(
+        keys=jnp.zeros(shape, dtype),
+        values=jnp.zeros(shape, dtype),
+        mask=jnp.zeros((batch, capacity), bool),
+        length=jnp.zeros((), jnp.int32),
+    )
+
+
+def memory_blocks(state: DenseMemoryState) -> tuple[MemoryBlock, ...]:
+    """One `MemoryBlock` per memory layer, viewing the whole buffer (empty slots are masked out)."""
+    return tuple(MemoryBlock(state.keys[i], state.values[i], state.mask) for i in range(state.keys.shape[0]))
+
+
+def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], valid: jax.Array) -> DenseMemoryState:
+    """Writes one window (`[batch, seq, kv_heads, head_dim]` per layer, valid `[batch, seq]`) after the last slot.
+
+    Slots wrap around modulo capacity, overwriting the oldest entries (the caller enforces the `error` policy).
+    """
+    capacity = state.mask.shape[1]
+    seq = valid.shape[1]
+    if not window_kv:  # a model without memory layers
+        return state._replace(length=state.length + seq)
+    slots = (state.length + jnp.arange(seq)) % capacity
+    keys = jnp.stack([kv.keys for kv in window_kv]).astype(state.keys.dtype)
+    values = jnp.stack([kv.values for kv in window_kv]).astype(state.values.dtype)
+    return DenseMemoryState(
+        keys=state.keys.at[:, :, slots].set(keys),
+        values=state.values.at[:, :, slots].set(values),
+        mask=state.mask.at[:, slots].set(valid.astype(bool)),
+        length=state.length + seq,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
+def _window_step(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    state: DenseMemoryState,
+    input_ids: jax.Array,
+    valid: jax.Array,
+) -> tuple[jax.Array, DenseMemoryState]:
+    model = nnx.merge(graphdef, params)
+    out = model(input_ids, attention_mask=valid, memory=memory_blocks(state))
+    return out.logits, append_window(state, out.memory_kv, valid)
+
+
+def check_capacity(written: int, incoming: int, capacity: int, policy: str) -> None:
+    """Raises for the `error` policy when `incoming` more tokens would not fit."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown memory capacity policy {policy!r}; use one of {POLICIES}")
+    if policy == "error" and written + incoming > capacity:
+        raise ValueError(
+            f"memory capacity {capacity} tokens exceeded ({written} stored + {incoming} new): raise the capacity "
+            "or use the 'drop_oldest' policy"
+        )
+
+
+def forward_long(
+    model: LlamaForCausalLM,
+    input_ids: np.ndarray | jax.Array,
+    attention_mask: np.ndarray | jax.Array | None = None,
+    *,
+    capacity: int | None = None,
+    policy: str = "error",
+    memory: DenseMemoryState | None = None,
+    progress: bool = False,
+) -> tuple[jax.Array, DenseMemoryState]:
+    """Runs a long input window by window with dense memory.
+
+    Args:
+      input_ids: `[batch, n]` token ids, any n.
+      attention_mask: `[batch, n]`, 1 for tokens and 0 for padding (padding is remembered as masked slots).
+      capacity: memory slots per row (default: n rounded up to whole windows, i.e. everything fits).
+      policy: "error" (refuse input that overflows) or "drop_oldest" (ring buffer).
+      memory: continue from an existing memory instead of an empty one.
+    Returns:
+      (logits `[batch, n, vocab]` float32, the memory after the last window).
+    """
+    cfg = model.config
+    window = cfg.max_position_embeddings
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    batch, n = input_ids.shape
+    valid = jnp.ones((batch, n), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+    if memory is None:
+        memory = init_memory(cfg, batch, capacity or max(-(-n // window) * window, window))
+    graphdef, params = nnx.split(model)
+    written = int(memory.length)
+    logits = []
+    starts = range(0, n, window)
+    for start in tqdm(starts, desc="windows", disable=not progress, unit="win"):
+        stop = min(start + window, n)
+        check_capacity(written, stop - start, memory.mask.shape[1], policy)
+        out, memory = _window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop])
+        written += stop - start
+        logits.append(out)
+    return jnp.concatenate(logits, axis=1), memory
