@@ -1,0 +1,305 @@
+"""Document-aware packing for CrossBatch training (DESIGN §4), as a deterministic, checkpointable iterator.
+
+Each of ``num_lanes = batch_size // k`` lanes owns one token stream. When a lane runs out of tokens it pulls the
+next document from a shared order (a seeded permutation per epoch) and appends ``[bos] + tokens + [eos]``, so
+consecutive documents in a lane read ``… <eos><bos> …``. A lane's stream ``s`` is cut into windows of ``W``
+tokens: window ``j`` has inputs ``s[jW : (j+1)W]`` and targets ``s[jW+1 : (j+1)W+1]``, so every token is the
+target of exactly one position and nothing is lost at window boundaries.
+
+With k-packing (``doc_aware_k{k}``) batch rows ``g*k … g*k+k-1`` are ``k`` consecutive windows of lane ``g``;
+``k = 1`` gives ``batch_size`` independent lanes. Pure numpy; nothing here needs JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from focused.data.sources import ShuffledOrder, _checked_fields, document_order
+
+Batch = dict[str, np.ndarray]
+STATE_FORMAT = 1
+
+
+class TextEncoder(Protocol):
+    """What the packer needs from a tokenizer (:class:`focused.data.Tokenizer` has it)."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingConfig:
+    """How documents become batches.
+
+    Attributes:
+        batch_size: rows per batch ``B``.
+        window: tokens per row ``W`` (the model's local context).
+        k: consecutive windows of one document stream per group of rows; ``batch_size`` must be divisible by it.
+        seed: seeds the per-epoch document permutation.
+        num_epochs: stop after this many passes over the documents; ``None`` loops forever.
+        shuffle: permute the documents each epoch (sequences only; streams are read in order).
+        add_bos: put ``bos`` in front of each document.
+        add_eos: put ``eos`` after each document.
+    """
+
+    batch_size: int
+    window: int
+    k: int = 1
+    seed: int = 0
+    num_epochs: int | None = None
+    shuffle: bool = True
+    add_bos: bool = True
+    add_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "window", "k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PackingConfig.{name} must be a positive int, got {value!r}")
+        if self.batch_size % self.k:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by k={self.k}: each group of k rows holds one "
+                "document stream, so pick batch_size as a multiple of k"
+            )
+        if self.num_epochs is not None and (not isinstance(self.num_epochs, int) or self.num_epochs < 1):
+            raise ValueError(f"num_epochs must be None (forever) or a positive int, got {self.num_epochs!r}")
+
+    @property
+    def num_lanes(self) -> int:
+        """Independent document streams per batch: ``batch_size // k``."""
+        return self.batch_size // self.k
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PackingConfig:
+        """Build from a dict or an ``ml_collections.ConfigDict`` section; unknown keys are an error."""
+        return cls(**_checked_fields(cls, values))
+
+
+@dataclasses.dataclass
+class _Lane:
+    """One token stream: the documents still (partly) unread, and where reading resumes in the first one."""
+
+    segments: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)  # (draw, tokens [len])
+    offset: int = 0
+
+    @property
+    def available(self) -> int:
+        return sum(len(tokens) for _, tokens in self.segments) - self.offset
+
+
+class DocumentPacker:
+    """Iterator of packed batches; resumable through :meth:`get_state` / :meth:`set_state`.
+
+    Each batch is a dict of numpy arrays, all ``[batch_size, window]``:
+
+    * ``inputs`` (int32): token ids;
+    * ``targets`` (int32): the next token of each input position (``pad_id`` where there is none);
+    * ``loss_mask`` (float32): 1 where ``targets`` is a real token, 0 on padding (only at the end of the data);
+    * ``doc_ids`` (int32): the draw number of the document each input token belongs to (unique per document
+      occurrence, -1 on padding); rows with equal ids hold windows of the same document.
+
+    Documents are tokenized lazily, one at a time when a lane needs them, so a huge corpus is never tokenized
+    up front. With ``num_epochs`` set, lanes that run dry are padded until every lane is empty; then iteration
+    stops.
+    """
+
+    def __init__(self, documents: Sequence[str] | Iterable[str], tokenizer: TextEncoder, config: PackingConfig) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self._order = document_order(documents, config.seed, config.shuffle, config.num_epochs)
+        self._lanes = [_Lane() for _ in range(config.num_lanes)]
+        self._next_draw = 0
+        self._batches = 0
+        self._finished = False
+
+    def __iter__(self) -> DocumentPacker:
+        return self
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next document will be drawn from."""
+        return self._order.epoch_of(self._next_draw)
+
+    def _tokenize(self, text: str) -> np.ndarray:
+        """``[bos] + encode(text) + [eos]`` as int32 ``[len]``; empty when the text has no tokens."""
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            return np.zeros((0,), np.int32)
+        head = [self.tokenizer.bos_id] if self.config.add_bos else []
+        tail = [self.tokenizer.eos_id] if self.config.add_eos else []
+        return np.asarray(head + list(ids) + tail, dtype=np.int32)
+
+    def _pull(self, lane: _Lane) -> bool:
+        """Append the next non-empty document to ``lane``; False when the data is used up."""
+        first_empty = None
+        while True:
+            draw = self._next_draw
+            text = self._order.get(draw)
+            if text is None:
+                return False
+            self._next_draw += 1
+            tokens = self._tokenize(text)
+            if len(tokens):
+                lane.segments.append((draw, tokens))
+                return True
+            if first_empty is None:
+                first_empty = draw
+            elif self._order.epoch_of(draw) >= self._order.epoch_of(first_empty) + 2:
+                raise ValueError("every document encodes to zero tokens: check the data source and text_field")
+
+    def _window(self, lane: _Lane) -> tuple[np.ndarray, np.ndarray]:
+        """The lane's next window: tokens ``[W + 1]`` and their draw ids ``[W + 1]``; then advance by ``W``."""
+        need = self.config.window + 1
+        while lane.available < need and self._pull(lane):
+            pass
+        tokens = np.full((need,), self.tokenizer.pad_id, np.int32)
+        draws = np.full((need,), -1, np.int32)
+        filled, offset = 0, lane.offset
+        for draw, seg in lane.segments:
+            piece = seg[offset : offset + need - filled]
+            tokens[filled : filled + len(piece)] = piece
+            draws[filled : filled + len(piece)] = draw
+            filled += len(piece)
+            offset = 0
+            if filled == need:
+                break
+        lane.offset += self.config.window
+        while lane.segments and lane.offset >= len(lane.segments[0][1]):
+            lane.offset -= len(lane.segments.pop(0)[1])
+        if not lane.segments:
+            lane.offset = 0
+        return tokens, draws
+
+    def __next__(self) -> Batch:
+        if self._finished:
+            raise StopIteration
+        cfg = self.config
+        tokens = np.empty((cfg.batch_size, cfg.window + 1), np.int32)
+        draws = np.empty((cfg.batch_size, cfg.window + 1), np.int32)
+        for g, lane in enumerate(self._lanes):
+            for j in range(cfg.k):
+                tokens[g * cfg.k + j], draws[g * cfg.k + j] = self._window(lane)
+        loss_mask = (draws[:, 1:] >= 0).astype(np.float32)
+        if not loss_mask.any():
+            self._finished = True
+            if self._batches == 0:
+                raise ValueError("the documents hold no tokens: check the data source and text_field")
+            raise StopIteration
+        self._batches += 1
+        return {
+            "inputs": tokens[:, :-1],
+            "targets": tokens[:, 1:],
+            "loss_mask": loss_mask,
+            "doc_ids": draws[:, :-1],
+        }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self.config)
+        # A stream's length is unknown until read once, so only sequences are checked for it.
+        fields["num_documents"] = self._order.num_documents if isinstance(self._order, ShuffledOrder) else None
+        return fields
+
+    def get_state(self) -> dict[str, Any]:
+        """A small JSON-serialisable dict from which :meth:`set_state` resumes exactly here.
+
+        Lanes record which documents (by draw number) they still hold and the read offset into the first; the
+        tokens themselves are recomputed on restore instead of being stored.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "config": self._fingerprint(),
+            "epoch": self.epoch,
+            "next_draw": self._next_draw,
+            "batches": self._batches,
+            "finished": self._finished,
+            "lanes": [
+                {"draws": [int(d) for d, _ in lane.segments], "offset": int(lane.offset)} for lane in self._lanes
+            ],
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Resume from a :meth:`get_state` dict taken from a packer with the same config and documents."""
+        keys = {"format", "config", "epoch", "next_draw", "batches", "finished", "lanes"}
+        if not isinstance(state, Mapping) or set(state) != keys:
+            raise ValueError(f"not a DocumentPacker state: expected a dict with the keys {sorted(keys)}")
+        if state["format"] != STATE_FORMAT:
+            raise ValueError(f"packer state format {state['format']} is not the supported {STATE_FORMAT}")
+        mine = self._fingerprint()
+        changed = sorted(k for k in mine if state["config"].get(k) != mine[k])
+        if changed:
+            raise ValueError(f"packer state was saved with a different {changed}: restore with the same settings")
+        if len(state["lanes"]) != len(self._lanes):
+            raise ValueError(f"packer state has {len(state['lanes'])} lanes, this packer {len(self._lanes)}")
+        needed = sorted({int(d) for lane in state["lanes"] for d in lane["draws"]})
+        tokens: dict[int, np.ndarray] = {}
+        for draw in needed:  # increasing, so a stream is read once
+            text = self._order.get(draw)
+            tokens[draw] = self._tokenize(text) if text is not None else np.zeros((0,), np.int32)
+            if not len(tokens[draw]):
+                raise ValueError(f"packer state names document draw {draw}, which these documents lack")
+        self._lanes = [
+            _Lane([(int(d), tokens[int(d)]) for d in lane["draws"]], int(lane["offset"])) for lane in state["lanes"]
+        ]
+        self._next_draw = int(state["next_draw"])
+        self._batches = int(state["batches"])
+        self._finished = bool(state["finished"])
+
+
+def split_microbatches(batch: Batch, accum_steps: int, k: int) -> Batch:
+    """Split a batch along rows into ``accum_steps`` micro-batches without splitting a k-group.
+
+    Args:
+        batch: arrays ``[B, ...]``.
+        accum_steps: number of micro-batches; ``B / accum_steps`` must be a multiple of ``k``.
+        k: rows per document group.
+
+    Returns:
+        The same keys with arrays ``[accum_steps, B / accum_steps, ...]``; micro-batch ``m`` holds rows
+        ``m*B/accum_steps … (m+1)*B/accum_steps - 1`` (whole groups, in order).
+    """
+    if accum_steps < 1 or k < 1:
+        raise ValueError(f"accum_steps={accum_steps} and k={k} must be positive")
+    rows = {len(v) for v in batch.values()}
+    if len(rows) != 1:
+        raise ValueError(f"batch arrays disagree on the number of rows: {sorted(rows)}")
+    (b,) = rows
+    if b % accum_steps or (b // accum_steps) % k:
+        raise ValueError(
+            f"cannot split {b} rows into {accum_steps} micro-batches of whole k={k} groups: "
+            f"batch_size / accum_steps must be a multiple of k"
+        )
+    return {key: v.reshape(accum_steps, b // accum_steps, *v.shape[1:]) for key, v in batch.items()}
+
+
+def eval_windows(tokens: Sequence[int] | np.ndarray, window: int, pad_id: int = 0) -> Batch:
+    """Cut one long token sequence ``[L]`` into consecutive windows for window-by-window evaluation.
+
+    Window ``j`` has inputs ``tokens[jW : (j+1)W]`` and targets ``tokens[jW+1 : (j+1)W+1]``; the last window is
+    padded with ``pad_id``. There are ``N = ceil((L - 1) / W)`` windows, so each of the ``L - 1`` targets is
+    counted once.
+
+    Returns:
+        ``inputs`` int32 ``[N, W]``, ``targets`` int32 ``[N, W]``, ``loss_mask`` float32 ``[N, W]``.
+    """
+    seq = np.asarray(tokens)
+    if seq.ndim != 1 or len(seq) < 2:
+        raise ValueError(f"eval_windows needs a 1-D sequence of at least 2 tokens, got shape {seq.shape}")
+    if window < 1:
+        raise ValueError(f"window must be positive, got {window}")
+    n = -(-(len(seq) - 1) // window)
+    padded = np.full((n * window + 1,), pad_id, np.int32)
+    padded[: len(seq)] = seq
+    valid = np.arange(n * window + 1) < len(seq)
+    starts = np.arange(n)[:, None] * window + np.arange(window)[None, :]
+    return {
+        "inputs": padded[starts],
+        "targets": padded[starts + 1],
+        "loss_mask": valid[starts + 1].astype(np.float32),
+    }
