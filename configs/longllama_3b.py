@@ -1,0 +1,84 @@
+"""LongLLaMA-3B: OpenLLaMA-3B continued-pretrained with FoT (DESIGN §2, §4).
+
+Model numbers are exact (3.43B parameters, head dim 100, memory layers 6/12/18). The run expects the
+OpenLLaMA-3B weights (a Hugging Face folder) and a text corpus:
+
+    python train.py --config configs/longllama_3b.py \
+        --config.init_from=/path/to/open_llama_3b --config.data.tokenizer=/path/to/open_llama_3b \
+        --config.data.source.path=/path/to/corpus/*.jsonl
+"""
+
+import ml_collections
+
+from focused.config import model_section
+from focused.model.config import LlamaConfig
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.workdir = "runs/longllama_3b"
+    config.seed = 0
+    config.init_from = ""  # required: the OpenLLaMA-3B Hugging Face folder
+    config.export_dir = ""
+    config.model = model_section(
+        LlamaConfig(
+            vocab_size=32000,
+            hidden_size=3200,
+            intermediate_size=8640,
+            num_hidden_layers=26,
+            num_attention_heads=32,
+            max_position_embeddings=2048,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            mem_layers=(6, 12, 18),
+            mem_dtype="bfloat16",
+            mem_positionals=True,
+            last_context_length=1024,
+            param_dtype="float32",
+            dtype="bfloat16",
+            remat=True,
+        )
+    )
+    config.data = ml_collections.ConfigDict()
+    config.data.tokenizer = ""  # required: the OpenLLaMA tokenizer folder (tokenizer.model)
+    config.data.source = ml_collections.ConfigDict(
+        dict(
+            path="",  # required: hub name or local files
+            name="",
+            split="train",
+            data_files=ml_collections.config_dict.placeholder(str),
+            text_field="text",
+            text_granularity="document",
+            streaming=True,
+        )
+    )
+    config.data.batch_size = 128  # 128 rows x 2048 tokens = 256K tokens per step
+    config.data.k = 4  # doc_aware_k4: 4 consecutive windows of one document per group of rows
+    config.data.seed = 0
+    config.train = ml_collections.ConfigDict(
+        dict(
+            steps=38_000,  # ~10B tokens at 256K tokens per step
+            learning_rate=2e-5,
+            warmup_steps=0,
+            schedule="constant",
+            min_lr_ratio=1.0,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.01,
+            decay_norms_and_embeddings=False,
+            grad_clip=1.0,
+            accum_steps=1,
+            log_every=10,
+            save_every=500,
+            eval_every=0,
+            eval_batches=4,
+            keep_checkpoints=3,
+            async_checkpointing=True,
+        )
+    )
+    return config

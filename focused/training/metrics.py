@@ -1,0 +1,28 @@
+"""Metrics sinks: TensorBoard event files (tensorboardX) and one JSON line per logged step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tensorboardX import SummaryWriter
+
+
+class MetricsWriter:
+    """Writes scalars to `<workdir>/tensorboard/` and `<workdir>/metrics.jsonl` (appending, so resumes continue)."""
+
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = workdir / "metrics.jsonl"
+        self._jsonl = self.jsonl_path.open("a")
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
+        for name, value in scalars.items():
+            self._tb.add_scalar(f"{prefix}/{name}", value, step)
+        self._jsonl.write(json.dumps({"step": step, "split": prefix, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        self._tb.close()
+        self._jsonl.close()

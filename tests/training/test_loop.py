@@ -1,0 +1,78 @@
+"""The training loop on a micro model: it learns, logs, checkpoints, and resumes to identical losses."""
+
+import json
+
+import pytest
+
+from focused.config import load_config
+from focused.training.checkpoint import load_model
+from focused.training.loop import TrainingError, train
+
+
+def micro_config(workdir, steps, **train_overrides):
+    argv = [
+        "train.py",
+        "--config",
+        "configs/tiny.py",
+        f"--config.workdir={workdir}",
+        "--config.model.hidden_size=32",
+        "--config.model.intermediate_size=48",
+        "--config.model.num_hidden_layers=2",
+        "--config.model.num_attention_heads=4",
+        "--config.model.num_key_value_heads=2",
+        "--config.model.max_position_embeddings=32",
+        "--config.model.last_context_length=16",
+        "--config.model.mem_layers=(1,)",
+        "--config.data.batch_size=4",
+        "--config.data.source.path=focused:moby_dick",
+        f"--config.train.steps={steps}",
+        "--config.train.warmup_steps=2",
+        "--config.train.learning_rate=0.01",
+        "--config.train.log_every=1",
+        "--config.train.save_every=3",
+        "--config.train.async_checkpointing=False",
+    ]
+    argv += [f"--config.train.{k}={v}" for k, v in train_overrides.items()]
+    return load_config(argv)
+
+
+def losses(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def test_train_learns_and_resumes_identically(tmp_path):
+    full = tmp_path / "full"
+    train(micro_config(full, 6))
+    reference = losses(full)
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+    assert reference[6] < reference[1] - 0.3, reference  # it learns (from ~ln 4096 = 8.3)
+    assert (full / "tensorboard").is_dir() and (full / "checkpoints" / "6").is_dir()
+
+    split = tmp_path / "split"
+    train(micro_config(split, 3))
+    train(micro_config(split, 6))  # the same command with more steps resumes from step 3
+    resumed = losses(split)
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6)
+    model = load_model(split)
+    assert model.config.hidden_size == 32
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    train(micro_config(one, 2))
+    train(micro_config(two, 2, accum_steps=2))
+    a, b = losses(one), losses(two)
+    assert a[2] == pytest.approx(b[2], abs=2e-5)
+
+
+def test_bad_accumulation_split_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="divisible by accum_steps"):
+        train(micro_config(tmp_path / "x", 2, accum_steps=3))
+
+
+def test_non_finite_loss_stops_with_step(tmp_path):
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
+        train(micro_config(tmp_path / "nan", 2, learning_rate=float("inf"), warmup_steps=0))
