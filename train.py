@@ -1,6 +1,6 @@
 """Train (or continue pre-training) a LLaMA / FoT model.
 
-    python train.py --config configs/tiny.py [--config.train.steps=100 ...]
+python train.py --config configs/tiny.py [--config.train.steps=100 ...]
 """
 
 import sys

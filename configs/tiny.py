@@ -1,7 +1,7 @@
 """A ~5M-parameter LLaMA that trains on 2 CPU cores in minutes on the shipped demo data (Moby Dick + SOTU).
 
-    python train.py --config configs/tiny.py
-    python train.py --config configs/tiny.py --config.train.steps=50 --config.workdir=runs/quick
+python train.py --config configs/tiny.py
+python train.py --config configs/tiny.py --config.train.steps=50 --config.workdir=runs/quick
 """
 
 import ml_collections

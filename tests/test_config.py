@@ -1,5 +1,7 @@
 """Config files, command-line overrides and their errors."""
 
+import runpy
+
 import pytest
 
 from focused.config import ConfigError, load_config
@@ -42,9 +44,6 @@ def test_model_config_rejects_unknown_and_inconsistent_fields():
 
 
 def test_parameter_count_of_longllama_3b():
-    from tests.conftest import ROOT  # noqa: F401  (configs are importable from the repo root)
-    import runpy
-
     config = runpy.run_path("configs/longllama_3b.py")["get_config"]()
     model = LlamaConfig.from_dict(config.model.to_dict())
     assert model.head_size == 100 and model.mem_layers == (6, 12, 18)

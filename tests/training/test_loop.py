@@ -74,5 +74,5 @@ def test_bad_accumulation_split_is_a_config_error(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step(tmp_path):
-    with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 2"):
         train(micro_config(tmp_path / "nan", 2, learning_rate=float("inf"), warmup_steps=0))
