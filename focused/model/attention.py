@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focused.memory.core import MemoryBlock, memory_attention
+from focused.memory.crossbatch import CrossBatch
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.rope import apply_rope
 
@@ -63,10 +64,12 @@ class Attention(nnx.Module):
         cos: jax.Array,
         sin: jax.Array,
         local_mask: jax.Array,
-        memory: MemoryBlock | None = None,
+        memory: MemoryBlock | CrossBatch | None = None,
     ) -> tuple[jax.Array, WindowKV | None]:
         """x `[batch, seq, hidden]`, cos/sin `[batch, seq, head_dim]`, local_mask `[batch, seq, seq]` bool.
 
+        memory: a MemoryBlock (inference), a CrossBatch spec (training; built from this window's own raw keys
+        and values of earlier rows), or None.
         Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None).
         """
         cfg = self.config
@@ -79,6 +82,8 @@ class Attention(nnx.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
+        if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
+            memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
         out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk)
         return self.o_proj(out.reshape(b, t, -1)), raw

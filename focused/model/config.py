@@ -103,9 +103,7 @@ class LlamaConfig:
         """Builds a config from a mapping; an unknown key is an error that lists the valid ones."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ValueError(
-                f"unknown model config key(s) {unknown}; valid keys: {', '.join(cls.field_names())}"
-            )
+            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {', '.join(cls.field_names())}")
         return cls(**dict(values))
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from focused.memory.core import MemoryBlock, causal_mask
+from focused.memory.crossbatch import CrossBatch
 from focused.model.attention import Attention, WindowKV, dense
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.rope import rope_cos_sin, rope_frequencies
@@ -62,7 +63,7 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, memory: MemoryBlock | None
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, memory: MemoryBlock | CrossBatch | None
     ) -> tuple[jax.Array, WindowKV | None]:
         attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, memory)
         x = x + attn
@@ -75,7 +76,7 @@ def _run_layer(
     cos: jax.Array,
     sin: jax.Array,
     mask: jax.Array,
-    memory: MemoryBlock | None,
+    memory: MemoryBlock | CrossBatch | None,
 ) -> tuple[jax.Array, WindowKV | None]:
     return layer(x, cos, sin, mask, memory)
 
@@ -106,21 +107,25 @@ class LlamaModel(nnx.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
-        memory: Sequence[MemoryBlock | None] | None = None,
+        memory: Sequence[MemoryBlock | None] | CrossBatch | None = None,
+        inputs_embeds: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[WindowKV, ...]]:
-        """input_ids `[batch, seq]` → (hidden `[batch, seq, hidden]`, raw K/V of each memory layer)."""
+        """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`) → (hidden `[batch, seq, hidden]`,
+        raw K/V of each memory layer)."""
         cfg = self.config
-        b, t = input_ids.shape
+        b, t = input_ids.shape[:2]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         key_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
         mask = causal_mask(key_valid)
         cos, sin = rope_cos_sin(positions, np.asarray(self.inv_freq, np.float32), self.rope_attention_factor)
+        if isinstance(memory, CrossBatch):
+            memory = (memory,) * len(cfg.mem_layers)
         if memory is not None and len(memory) != len(cfg.mem_layers):
             raise ValueError(f"got {len(memory)} memory blocks for {len(cfg.mem_layers)} memory layers")
         mem_by_layer = dict(zip(cfg.mem_layers, memory or (None,) * len(cfg.mem_layers), strict=True))
         run = nnx.remat(_run_layer) if cfg.remat else _run_layer
-        x = self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         new_kv: list[WindowKV] = []
         for i, layer in enumerate(self.layers):
             x, kv = run(layer, x, cos, sin, mask, mem_by_layer.get(i))
@@ -148,11 +153,13 @@ class LlamaForCausalLM(nnx.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
-        memory: Sequence[MemoryBlock | None] | None = None,
+        memory: Sequence[MemoryBlock | None] | CrossBatch | None = None,
+        inputs_embeds: jax.Array | None = None,
     ) -> CausalLMOutput:
         """input_ids `[batch, seq]` int, attention_mask `[batch, seq]` (1 = token, 0 = padding),
-        positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer or None."""
-        hidden, kv = self.model(input_ids, attention_mask, positions, memory)
+        positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer, a `CrossBatch`
+        spec (training: memory layers attend to earlier rows of the batch), or None."""
+        hidden, kv = self.model(input_ids, attention_mask, positions, memory, inputs_embeds)
         if self.config.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(hidden)
         else:
