@@ -1,26 +1,31 @@
 """LongLLaMA-3B: OpenLLaMA-3B continued-pretrained with FoT (DESIGN §2, §4).
 
-Model numbers are exact (3.43B parameters, head dim 100, memory layers 6/12/18). The run expects the
-OpenLLaMA-3B weights (a Hugging Face folder) and a text corpus:
+Model numbers are exact (3.43B parameters, head dim 100, memory layers 6/12/18); the recipe is the paper's:
+CrossBatch k = 4, r = 3 with stepping, W = 2048, 128 x 2048 tokens per step, constant LR 2e-5, weight decay 0.01,
+AdamW (0.9, 0.95), clip 1.0, bf16 compute with fp32 parameters, remat; ~10B tokens. It needs the OpenLLaMA-3B
+weights (a Hugging Face folder) and a corpus:
 
     python train.py --config configs/longllama_3b.py \
         --config.init_from=/path/to/open_llama_3b --config.data.tokenizer=/path/to/open_llama_3b \
-        --config.data.source.path=/path/to/corpus/*.jsonl
+        --config.data.source.path='/path/to/corpus/*.jsonl'
 """
 
 import ml_collections
 
-from focused.config import model_section
+from focused.config import section
+from focused.data import DataSourceConfig
 from focused.model.config import LlamaConfig
+from focused.training.fot import FotConfig
+from focused.training.optimizer import TrainConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "runs/longllama_3b"
     config.seed = 0
-    config.init_from = ""  # required: the OpenLLaMA-3B Hugging Face folder
+    config.init_from = "open_llama_3b"  # the OpenLLaMA-3B Hugging Face folder (download it there or override)
     config.export_dir = ""
-    config.model = model_section(
+    config.model = section(
         LlamaConfig(
             vocab_size=32000,
             hidden_size=3200,
@@ -44,23 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     config.data = ml_collections.ConfigDict()
-    config.data.tokenizer = ""  # required: the OpenLLaMA tokenizer folder (tokenizer.model)
-    config.data.source = ml_collections.ConfigDict(
-        dict(
-            path="",  # required: hub name or local files
-            name="",
-            split="train",
-            data_files=ml_collections.config_dict.placeholder(str),
-            text_field="text",
-            text_granularity="document",
-            streaming=True,
-        )
-    )
+    config.data.tokenizer = "open_llama_3b"  # the OpenLLaMA tokenizer folder (tokenizer.model)
+    config.data.source = section(DataSourceConfig(path="focused:demo", streaming=True))
+    config.data.source.path = ""  # required: hub name or local files
+    config.data.eval_source = section(DataSourceConfig(path="focused:demo"))
+    config.data.eval_source.path = ""  # held-out documents for config.train.eval_every
     config.data.batch_size = 128  # 128 rows x 2048 tokens = 256K tokens per step
     config.data.k = 4  # doc_aware_k4: 4 consecutive windows of one document per group of rows
     config.data.seed = 0
-    config.train = ml_collections.ConfigDict(
-        dict(
+    config.train = section(
+        TrainConfig(
             steps=38_000,  # ~10B tokens at 256K tokens per step
             learning_rate=2e-5,
             warmup_steps=0,
@@ -68,17 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
             min_lr_ratio=1.0,
             b1=0.9,
             b2=0.95,
-            eps=1e-8,
             weight_decay=0.01,
-            decay_norms_and_embeddings=False,
             grad_clip=1.0,
-            accum_steps=1,
-            log_every=10,
             save_every=500,
-            eval_every=0,
-            eval_batches=4,
-            keep_checkpoints=3,
-            async_checkpointing=True,
         )
     )
+    config.fot = section(FotConfig(cross_batch_range=3, cross_batch_stepping=True))
     return config

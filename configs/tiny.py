@@ -1,13 +1,18 @@
 """A ~5M-parameter LLaMA that trains on 2 CPU cores in minutes on the shipped demo data (Moby Dick + SOTU).
 
-python train.py --config configs/tiny.py
-python train.py --config configs/tiny.py --config.train.steps=50 --config.workdir=runs/quick
+    python train.py --config configs/tiny.py
+    python train.py --config configs/tiny.py --config.train.steps=50 --config.workdir=runs/quick
+
+Plain next-token training (the memory layer sees no memory); configs/tiny_fot.py adds CrossBatch.
 """
 
 import ml_collections
 
-from focused.config import model_section
+from focused.config import section
+from focused.data import DataSourceConfig
 from focused.model.config import LlamaConfig
+from focused.training.fot import FotConfig
+from focused.training.optimizer import TrainConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -15,8 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.workdir = "runs/tiny"
     config.seed = 0
     config.init_from = ""  # a Hugging Face folder or a focused checkpoint to start from
-    config.export_dir = ""  # when set, export a Hugging Face folder here at the end
-    config.model = model_section(
+    config.export_dir = ""  # when set, export a Hugging Face folder (longllama format) here at the end
+    config.model = section(
         LlamaConfig(
             vocab_size=4096,  # the shipped byte-level BPE tokenizer
             hidden_size=256,
@@ -34,40 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.data = ml_collections.ConfigDict()
     config.data.tokenizer = "focused"  # or a folder with tokenizer.json / tokenizer.model
-    config.data.source = ml_collections.ConfigDict(
-        dict(
-            path="focused:demo",
-            name="",
-            split="train",
-            data_files=ml_collections.config_dict.placeholder(str),
-            text_field="text",
-            text_granularity="document",
-            streaming=False,
-        )
-    )
+    config.data.source = section(DataSourceConfig(path="focused:demo"))
+    config.data.eval_source = section(DataSourceConfig(path="focused:demo"))
+    config.data.eval_source.path = ""  # held-out documents for config.train.eval_every
     config.data.batch_size = 8
     config.data.k = 1
     config.data.seed = 0
-    config.train = ml_collections.ConfigDict(
-        dict(
-            steps=300,
-            learning_rate=2e-3,
-            warmup_steps=30,
-            schedule="cosine",
-            min_lr_ratio=0.1,
-            b1=0.9,
-            b2=0.95,
-            eps=1e-8,
-            weight_decay=0.1,
-            decay_norms_and_embeddings=False,
-            grad_clip=1.0,
-            accum_steps=1,
-            log_every=10,
-            save_every=100,
-            eval_every=0,
-            eval_batches=4,
-            keep_checkpoints=3,
-            async_checkpointing=True,
-        )
-    )
+    config.train = section(TrainConfig(steps=300, learning_rate=2e-3, warmup_steps=30, save_every=100))
+    config.fot = section(FotConfig(cross_batch_range=0))
     return config

@@ -16,23 +16,35 @@ from typing import Any
 
 import ml_collections
 
-from focused.model.config import LlamaConfig
-
 
 class ConfigError(ValueError):
     """A bad config file, field name or value (the message is one line)."""
 
 
-def model_section(config: LlamaConfig) -> ml_collections.ConfigDict:
-    """A `config.model` section holding every `LlamaConfig` field (None fields accept a value of their type)."""
-    section = ml_collections.ConfigDict()
-    for field in dataclasses.fields(LlamaConfig):
-        value = getattr(config, field.name)
+_PLACEHOLDER_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "Mapping": dict}
+
+
+def _placeholder_type(annotation: str) -> type:
+    """`"Mapping[str, Any] | None"` → dict, `"int | None"` → int, `"tuple[int, int] | None"` → tuple, ..."""
+    first = str(annotation).split("|")[0].strip().split("[")[0]
+    return _PLACEHOLDER_TYPES.get(first, tuple)
+
+
+def section(instance: Any) -> ml_collections.ConfigDict:
+    """A config section holding every field of a config dataclass (None fields accept a value of their type).
+
+    `section(LlamaConfig(...))` is `config.model`; `section(TrainConfig(...))` is `config.train`; the library
+    turns a section back into the dataclass with `<Class>.from_dict(section.to_dict())`, which rejects unknown keys.
+    """
+    out = ml_collections.ConfigDict()
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
         if value is None:
-            kind = {"rope_scaling": dict, "mem_attention_grouping": tuple}.get(field.name, int)
-            value = ml_collections.config_dict.placeholder(kind)
-        section[field.name] = value
-    return section
+            value = ml_collections.config_dict.placeholder(_placeholder_type(field.type))
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[field.name] = value
+    return out
 
 
 def _valid_keys(config: ml_collections.ConfigDict, dotted: str) -> tuple[str, list[str]]:

@@ -3,7 +3,8 @@
 `train(config)` is what `train.py` calls. One step:
 
     batch = next(packer)                       inputs/targets/loss_mask `[batch, window]` (focused.data)
-    params, opt_state, metrics = step(...)     jitted; micro-batches scanned for gradient accumulation
+    params, opt_state, metrics = step(...)     focused.training.step: CrossBatch memory in memory layers,
+                                               micro-batches scanned for gradient accumulation
     metrics → TensorBoard + metrics.jsonl, progress bar (loss, tokens/s, ETA)
     every `save_every` steps → checkpoints/<step>/ (params, opt_state, data-iterator state)
 
@@ -12,7 +13,6 @@ Re-running the same command resumes from the latest finished checkpoint.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from pathlib import Path
@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
@@ -31,54 +30,16 @@ from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_d
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
 from focused.training.checkpoint import write_model_config
+from focused.training.fot import FotConfig, RangeSchedule
 from focused.training.metrics import MetricsWriter
 from focused.training.optimizer import TrainConfig, make_optimizer
+from focused.training.step import make_eval_step, make_train_step
+
+__all__ = ["TrainingError", "build_data", "build_model", "make_eval_step", "make_train_step", "train"]
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (for example a non-finite loss); the last good checkpoint is kept."""
-
-
-def token_loss(model: LlamaForCausalLM, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """(sum of masked next-token cross-entropies, number of counted tokens) for one batch `[rows, window]`."""
-    logits = model(batch["inputs"]).logits
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    mask = batch["loss_mask"].astype(jnp.float32)
-    return (ce * mask).sum(), mask.sum()
-
-
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, accum_steps: int):
-    """A jitted `step(params, opt_state, batch) -> (params, opt_state, metrics)`.
-
-    The batch's rows are split into `accum_steps` contiguous micro-batches (so a k-group of rows, which is
-    contiguous, stays whole when rows-per-micro-batch is a multiple of k), scanned, and gradients averaged per
-    counted token over the whole batch.
-    """
-
-    def loss_fn(params: nnx.State, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        return token_loss(nnx.merge(graphdef, params), micro)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params: nnx.State, opt_state: Any, batch: dict[str, jax.Array]):
-        micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
-
-        def body(carry, mb):
-            grads, loss_sum, count = carry
-            (loss, n), g = grad_fn(params, mb)
-            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n), None
-
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, count), _ = jax.lax.scan(body, (zeros, 0.0, 0.0), micro)
-        denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss_sum / denom, "grad_norm": optax.tree.norm(grads), "tokens": count}
-        return params, opt_state, metrics
-
-    return step
 
 
 def build_model(config: ml_collections.ConfigDict) -> LlamaForCausalLM:
@@ -98,35 +59,43 @@ def build_model(config: ml_collections.ConfigDict) -> LlamaForCausalLM:
         from focused.training.checkpoint import load_model
 
         model = load_model(path)
-    # keep the FoT fields and numerics of this config on top of the imported weights
-    merged = model.config.replace(
-        mem_layers=model_cfg.mem_layers,
-        mem_positionals=model_cfg.mem_positionals,
-        mem_dtype=model_cfg.mem_dtype,
-        last_context_length=model_cfg.last_context_length,
-        param_dtype=model_cfg.param_dtype,
-        dtype=model_cfg.dtype,
-        remat=model_cfg.remat,
+    # the weights decide the shapes; this config decides everything else (memory layers, context, RoPE, numerics)
+    shape_fields = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "kv_heads",
+        "head_size",
+        "tie_word_embeddings",
     )
-    fresh = LlamaForCausalLM(merged, rngs=nnx.Rngs(config.seed))
+    for name in shape_fields:
+        if getattr(model.config, name) != getattr(model_cfg, name):
+            raise ValueError(
+                f"config.model.{name}={getattr(model_cfg, name)} but the checkpoint in config.init_from has "
+                f"{getattr(model.config, name)}: set the config to match the checkpoint"
+            )
+    fresh = LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(config.seed))
     nnx.update(fresh, nnx.state(model, nnx.Param))
     return fresh
 
 
-def build_data(config: ml_collections.ConfigDict) -> DocumentPacker:
+def build_data(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict | None = None) -> DocumentPacker:
+    """The document-aware packer for `config.data.source` (or another source section, e.g. the eval one)."""
     data = config.data
-    tokenizer = load_tokenizer(data.tokenizer)
-    documents = load_documents(DataSourceConfig.from_dict(data.source.to_dict()))
-    packing = PackingConfig(
-        batch_size=data.batch_size,
-        window=config.model.max_position_embeddings,
-        k=data.k,
-        seed=data.seed,
-    )
+    source = data.source if source is None else source
+    if not source.path:
+        raise ValueError("config.data.source.path is empty: name a hub dataset, local files, or focused:demo")
+    tokenizer = load_tokenizer(data.tokenizer or None)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(
             f"tokenizer has {tokenizer.vocab_size} tokens but config.model.vocab_size={config.model.vocab_size}"
         )
+    documents = load_documents(DataSourceConfig.from_dict(source.to_dict()))
+    packing = PackingConfig(
+        batch_size=data.batch_size, window=config.model.max_position_embeddings, k=data.k, seed=data.seed
+    )
     return DocumentPacker(documents, tokenizer, packing)
 
 
@@ -141,22 +110,49 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
+def _feed(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(batch[k]) for k in ("inputs", "targets", "loss_mask")}
+
+
+def validate(config: ml_collections.ConfigDict, cfg: TrainConfig, fot: FotConfig) -> None:
+    """Config errors that would otherwise surface late (or as wrong results)."""
+    if config.init_from and not Path(config.init_from).exists():
+        raise FileNotFoundError(
+            f"config.init_from={config.init_from} does not exist: point it at a Hugging Face folder or a focused "
+            "checkpoint (or set it to '' to start from random weights)"
+        )
+    if not config.data.source.path:
+        raise ValueError("config.data.source.path is empty: name a hub dataset, local files, or focused:demo")
+    batch, k = config.data.batch_size, config.data.k
+    if batch % k:
+        raise ValueError(f"config.data.batch_size={batch} is not divisible by config.data.k={k}")
+    if batch % (cfg.accum_steps * k):
+        raise ValueError(
+            f"config.data.batch_size={batch} must be divisible by accum_steps*k ({cfg.accum_steps}*{k}) so "
+            "micro-batches hold whole groups of k rows"
+        )
+    fot.check(bool(config.model.mem_layers))
+    if cfg.eval_every and not config.data.get("eval_source", {}).get("path"):
+        raise ValueError("config.train.eval_every > 0 needs config.data.eval_source.path (held-out documents)")
+
+
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs (or resumes) training as configured; returns the last logged metrics."""
     cfg = TrainConfig.from_dict(config.train.to_dict())
-    if config.data.batch_size % (cfg.accum_steps * config.data.k):
-        raise ValueError(
-            f"config.data.batch_size={config.data.batch_size} must be divisible by accum_steps*k "
-            f"({cfg.accum_steps}*{config.data.k}) so micro-batches hold whole groups of k rows"
-        )
+    fot = FotConfig.from_dict(config.fot.to_dict() if "fot" in config else {})
+    validate(config, cfg, fot)
     workdir = Path(config.workdir).absolute()
     packer = build_data(config)
+    eval_batches = []
+    if cfg.eval_every:
+        eval_packer = build_data(config, config.data.eval_source)
+        eval_batches = [_feed(next(eval_packer)) for _ in range(cfg.eval_batches)]
     model = build_model(config)
     write_model_config(model.config, workdir)
     graphdef, params = nnx.split(model)
     tx = make_optimizer(cfg)
     opt_state = tx.init(params)
-    pure = nnx.to_pure_dict(params)
+    schedule = RangeSchedule(fot, config.data.k)
     mngr = checkpoint_manager(workdir, cfg)
     start = 0
     if mngr.latest_step() is not None:
@@ -164,7 +160,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         restored = mngr.restore(
             start,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(pure)),
+                params=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(params))),
                 opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
                 extra=ocp.args.JsonRestore(),
             ),
@@ -172,44 +168,61 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         nnx.replace_by_pure_dict(params, restored["params"])
         opt_state = restored["opt_state"]
         packer.set_state(restored["extra"]["data"])
+        schedule.switched = restored["extra"].get("range_switched", schedule.switched)
         print(f"resumed from {workdir / 'checkpoints' / str(start)}")
 
     def save(step: int) -> None:
+        extra = {"data": packer.get_state(), "step": step, "range_switched": schedule.switched}
         mngr.save(
             step,
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(nnx.to_pure_dict(params)),
                 opt_state=ocp.args.StandardSave(opt_state),
-                extra=ocp.args.JsonSave({"data": packer.get_state(), "step": step}),
+                extra=ocp.args.JsonSave(extra),
             ),
         )
 
-    step_fn = make_train_step(graphdef, tx, cfg.accum_steps)
+    steps: dict[int, Any] = {}  # one compiled step per CrossBatch range
+
+    def step_for_range() -> Any:
+        if schedule.range not in steps:
+            steps[schedule.range] = make_train_step(graphdef, tx, cfg.accum_steps, schedule.train_spec())
+        return steps[schedule.range]
+
+    eval_step = make_eval_step(graphdef, schedule.eval_spec())
     writer = MetricsWriter(workdir)
     tokens_per_step = config.data.batch_size * config.model.max_position_embeddings
+    print(f"model: {count_parameters(params) / 1e6:.2f}M parameters; {tokens_per_step} tokens per step")
     last: dict[str, float] = {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step")
     t0, window_tokens = time.perf_counter(), 0
     try:
         for step in bar:
-            batch = next(packer)
-            feed = {k: jnp.asarray(batch[k]) for k in ("inputs", "targets", "loss_mask")}
-            params, opt_state, metrics = step_fn(params, opt_state, feed)
+            params, opt_state, metrics = step_for_range()(params, opt_state, _feed(next(packer)))
             window_tokens += tokens_per_step
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
                 last = {k: float(v) for k, v in metrics.items()}
                 if not math.isfinite(last["loss"]):
                     raise TrainingError(
-                        f"non-finite loss {last['loss']} at step {step + 1}; the last good checkpoint is kept in "
+                        f"non-finite loss {last['loss']} at step {done}; the last good checkpoint is kept in "
                         f"{workdir / 'checkpoints'}"
                     )
-                elapsed = time.perf_counter() - t0
-                last["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
+                last["tokens_per_s"] = window_tokens / max(time.perf_counter() - t0, 1e-9)
+                last["cross_batch_range"] = schedule.range
                 t0, window_tokens = time.perf_counter(), 0
-                writer.write(step + 1, last)
-                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 != cfg.steps:
-                save(step + 1)
+                writer.write(done, last)
+                bar.set_postfix(
+                    loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}"
+                )
+                if schedule.observe(done, last["accuracy"]):
+                    bar.write(f"step {done}: CrossBatch range -> {schedule.range}")
+            elif schedule.observe(done, None):
+                bar.write(f"step {done}: CrossBatch range -> {schedule.range}")
+            if cfg.eval_every and done % cfg.eval_every == 0:
+                writer.write(done, evaluate(eval_step, params, eval_batches), prefix="eval")
+            if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
+                save(done)
         if start < cfg.steps:
             save(cfg.steps)
     finally:
@@ -220,8 +233,19 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if config.get("export_dir"):
         from focused.convert import export_hf
 
-        export_hf(nnx.merge(graphdef, params), out_dir=config.export_dir, overwrite=False)
+        model = nnx.merge(graphdef, params)
+        export_hf(model, model.config, config.export_dir)
     return last
+
+
+def evaluate(eval_step: Any, params: nnx.State, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Mean loss, perplexity and accuracy over fixed held-out batches."""
+    loss = count = correct = 0.0
+    for batch in batches:
+        l_sum, n, c = eval_step(params, batch)
+        loss, count, correct = loss + float(l_sum), count + float(n), correct + float(c)
+    mean = loss / max(count, 1.0)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "accuracy": correct / max(count, 1.0)}
 
 
 def count_parameters(params: Any) -> int:

@@ -1,0 +1,81 @@
+"""FoT training settings (`config.fot`) and the schedule of the CrossBatch range (the paper's d curriculum).
+
+In the paper's notation d = 1 + r is the number of contexts a memory layer sees. The dictionary-lookup recipe
+trains with d = 1 until train accuracy reaches 98%, then d = 128: here `initial_range=0`, `switch_accuracy=0.98`,
+`cross_batch_range=127`. LongLLaMA-3B uses r = 3 with stepping from the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from focused.memory.crossbatch import CrossBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class FotConfig:
+    """`config.fot`.
+
+    cross_batch_range: r, earlier rows a memory layer sees (after the switch, if any); 0 = plain training.
+    cross_batch_stepping: LongLLaMA's stepped number of contexts per row (DESIGN §4).
+    initial_range: r before the switch; -1 = cross_batch_range from the start (no curriculum).
+    switch_step: switch to cross_batch_range at this step; -1 = not by step.
+    switch_accuracy: switch once the logged train accuracy reaches this; -1 = not by accuracy.
+    eval_range: r used by eval; -1 = cross_batch_range.
+    """
+
+    cross_batch_range: int = 0
+    cross_batch_stepping: bool = False
+    initial_range: int = -1
+    switch_step: int = -1
+    switch_accuracy: float = -1.0
+    eval_range: int = -1
+
+    def __post_init__(self) -> None:
+        if self.cross_batch_range < 0 or self.initial_range < -1 or self.eval_range < -1:
+            raise ValueError("config.fot ranges must be >= 0 (or -1 for 'same as cross_batch_range')")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FotConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in config.fot; valid keys: {', '.join(names)}")
+        return cls(**dict(values))
+
+    def check(self, has_memory_layers: bool) -> None:
+        if max(self.cross_batch_range, self.initial_range, self.eval_range) > 0 and not has_memory_layers:
+            raise ValueError("config.fot asks for CrossBatch (range > 0) but config.model.mem_layers is empty")
+
+
+class RangeSchedule:
+    """Which CrossBatch range the train step uses now; switches once, by step or by train accuracy."""
+
+    def __init__(self, cfg: FotConfig, group: int):
+        self.cfg = cfg
+        self.group = group
+        self.switched = cfg.initial_range < 0
+
+    def _spec(self, r: int) -> CrossBatch | None:
+        return CrossBatch(range=r, group=self.group, stepping=self.cfg.cross_batch_stepping) if r > 0 else None
+
+    @property
+    def range(self) -> int:
+        return self.cfg.cross_batch_range if self.switched else self.cfg.initial_range
+
+    def train_spec(self) -> CrossBatch | None:
+        return self._spec(self.range)
+
+    def eval_spec(self) -> CrossBatch | None:
+        return self._spec(self.cfg.cross_batch_range if self.cfg.eval_range < 0 else self.cfg.eval_range)
+
+    def observe(self, step: int, accuracy: float | None) -> bool:
+        """Updates after `step` finished steps; returns True when the range just switched."""
+        if self.switched:
+            return False
+        by_step = 0 <= self.cfg.switch_step <= step
+        by_accuracy = accuracy is not None and 0 <= self.cfg.switch_accuracy <= accuracy
+        self.switched = by_step or by_accuracy
+        return self.switched
