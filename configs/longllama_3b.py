@@ -17,6 +17,7 @@ from focused.data import DataSourceConfig
 from focused.model.config import LlamaConfig
 from focused.training.fot import FotConfig
 from focused.training.optimizer import TrainConfig
+from focused.training.sharding import MeshConfig, sharding_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.init_from = "open_llama_3b"  # the OpenLLaMA-3B Hugging Face folder (download it there or override)
     config.export_dir = ""
+    config.dry_run = False  # True: build the model abstractly, print parameters, memory per device, sharding plan
+    config.dry_run_devices = 0  # plan for this many devices (0 = this machine's)
     config.model = section(
         LlamaConfig(
             vocab_size=32000,
@@ -72,4 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     config.fot = section(FotConfig(cross_batch_range=3, cross_batch_stepping=True))
+    config.sharding = sharding_config(
+        MeshConfig(data=1, fsdp=-1, tensor=1)
+    )  # mesh axes (data, fsdp, tensor), -1 = fill; logical rules
     return config

@@ -13,6 +13,7 @@ from focused.data import DataSourceConfig
 from focused.model.config import LlamaConfig
 from focused.training.fot import FotConfig
 from focused.training.optimizer import TrainConfig
+from focused.training.sharding import MeshConfig, sharding_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.init_from = ""  # a Hugging Face folder or a focused checkpoint to start from
     config.export_dir = ""  # when set, export a Hugging Face folder (longllama format) here at the end
+    config.dry_run = False  # True: build the model abstractly, print parameters, memory per device, sharding plan
+    config.dry_run_devices = 0  # plan for this many devices (0 = this machine's)
     config.model = section(
         LlamaConfig(
             vocab_size=4096,  # the shipped byte-level BPE tokenizer
@@ -47,4 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seed = 0
     config.train = section(TrainConfig(steps=300, learning_rate=2e-3, warmup_steps=30, save_every=100))
     config.fot = section(FotConfig(cross_batch_range=0))
+    config.sharding = sharding_config(MeshConfig(data=-1))  # mesh axes (data, fsdp, tensor), -1 = fill; logical rules
     return config

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -29,7 +28,9 @@ from tqdm.auto import tqdm
 from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_documents, load_tokenizer
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
+from focused.training import sharding
 from focused.training.checkpoint import write_model_config
+from focused.training.dry_run import dry_run
 from focused.training.fot import FotConfig, RangeSchedule
 from focused.training.metrics import MetricsWriter
 from focused.training.optimizer import TrainConfig, make_optimizer
@@ -106,14 +107,6 @@ def checkpoint_manager(workdir: Path, cfg: TrainConfig) -> ocp.CheckpointManager
     return ocp.CheckpointManager(workdir / "checkpoints", options=options)
 
 
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-
-
-def _feed(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jnp.asarray(batch[k]) for k in ("inputs", "targets", "loss_mask")}
-
-
 def validate(config: ml_collections.ConfigDict, cfg: TrainConfig, fot: FotConfig) -> None:
     """Config errors that would otherwise surface late (or as wrong results)."""
     if config.init_from and not Path(config.init_from).exists():
@@ -140,18 +133,50 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs (or resumes) training as configured; returns the last logged metrics."""
     cfg = TrainConfig.from_dict(config.train.to_dict())
     fot = FotConfig.from_dict(config.fot.to_dict() if "fot" in config else {})
+    if config.get("dry_run"):  # plan only: abstract model, memory estimate, sharding plan; no weights or data
+        mesh_cfg, rules = sharding.from_config(config.get("sharding"))
+        return dry_run(
+            LlamaConfig.from_dict(config.model.to_dict()),
+            mesh_cfg,
+            rules,
+            config.data.batch_size,
+            config.model.max_position_embeddings,
+            config.get("dry_run_devices") or None,
+            cross_batch_range=fot.cross_batch_range,
+            accum_steps=cfg.accum_steps,
+        )
     validate(config, cfg, fot)
     workdir = Path(config.workdir).absolute()
     packer = build_data(config)
-    eval_batches = []
-    if cfg.eval_every:
-        eval_packer = build_data(config, config.data.eval_source)
-        eval_batches = [_feed(next(eval_packer)) for _ in range(cfg.eval_batches)]
-    model = build_model(config)
+    sharding.maybe_initialize_distributed()
+    mesh_cfg, rules = sharding.from_config(config.get("sharding"))
+    mesh = sharding.make_mesh(mesh_cfg)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.data.batch_size % shards:
+        raise ValueError(
+            f"config.data.batch_size={config.data.batch_size} is not divisible by the data x fsdp mesh size {shards} "
+            f"(mesh {dict(mesh.shape)}): change the batch size or config.sharding.mesh"
+        )
+    if config.init_from:
+        model = build_model(config)
+    else:  # created directly sharded: a big model is never materialised on one device
+        model_cfg = LlamaConfig.from_dict(config.model.to_dict())
+        model = sharding.init_sharded(lambda: LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(config.seed)), rules, mesh)
     write_model_config(model.config, workdir)
     graphdef, params = nnx.split(model)
+    param_sh = sharding.param_shardings(params, rules, mesh)
+    params = sharding.shard_params(params, param_sh)
     tx = make_optimizer(cfg)
-    opt_state = tx.init(params)
+    opt_state, opt_sh = sharding.init_opt_state(tx, params, param_sh)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    rows = config.data.batch_size // jax.process_count()
+    row0 = jax.process_index() * rows
+
+    def feed(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows of the global batch, placed as `[batch, seq]` sharded over (data, fsdp)."""
+        local = {k: batch[k][row0 : row0 + rows] for k in ("inputs", "targets", "loss_mask")}
+        return sharding.global_batch(local, batch_sh)
+
     schedule = RangeSchedule(fot, config.data.k)
     mngr = checkpoint_manager(workdir, cfg)
     start = 0
@@ -160,8 +185,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         restored = mngr.restore(
             start,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(params))),
-                opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
+                params=ocp.args.StandardRestore(sharding.sharded_abstract(nnx.to_pure_dict(params))),
+                opt_state=ocp.args.StandardRestore(sharding.sharded_abstract(opt_state)),
                 extra=ocp.args.JsonRestore(),
             ),
         )
@@ -186,10 +211,15 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
 
     def step_for_range() -> Any:
         if schedule.range not in steps:
-            steps[schedule.range] = make_train_step(graphdef, tx, cfg.accum_steps, schedule.train_spec())
+            step = make_train_step(graphdef, tx, cfg.accum_steps, schedule.train_spec())
+            steps[schedule.range] = sharding.make_sharded_step(step, param_sh, opt_sh, batch_sh)
         return steps[schedule.range]
 
     eval_step = make_eval_step(graphdef, schedule.eval_spec())
+    eval_batches = []
+    if cfg.eval_every:
+        eval_packer = build_data(config, config.data.eval_source)
+        eval_batches = [feed(next(eval_packer)) for _ in range(cfg.eval_batches)]
     writer = MetricsWriter(workdir)
     tokens_per_step = config.data.batch_size * config.model.max_position_embeddings
     print(f"model: {count_parameters(params) / 1e6:.2f}M parameters; {tokens_per_step} tokens per step")
@@ -198,7 +228,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     t0, window_tokens = time.perf_counter(), 0
     try:
         for step in bar:
-            params, opt_state, metrics = step_for_range()(params, opt_state, _feed(next(packer)))
+            params, opt_state, metrics = step_for_range()(params, opt_state, feed(next(packer)))
             window_tokens += tokens_per_step
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:

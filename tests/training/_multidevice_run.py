@@ -26,12 +26,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from focused.memory.crossbatch import CrossBatch
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
 from focused.training import sharding as sh
 from focused.training.loop import make_train_step
 from focused.training.optimizer import TrainConfig, make_optimizer
 
+# CrossBatch over the sharded batch axis: rows see earlier rows that live on other devices
+CROSS_BATCH = CrossBatch(range=3, group=4, stepping=True)
 CONFIG = LlamaConfig(
     vocab_size=256,
     hidden_size=64,
@@ -72,7 +75,7 @@ def run_single_device(init: dict) -> list[float]:
     assert _same(params, init)
     tx = make_optimizer(TRAIN)
     opt_state = tx.init(params)
-    step = make_train_step(graphdef, tx, TRAIN.accum_steps)
+    step = make_train_step(graphdef, tx, TRAIN.accum_steps, CROSS_BATCH)
     losses = []
     for batch in batches():
         params, opt_state, metrics = step(params, opt_state, {k: jax.numpy.asarray(v) for k, v in batch.items()})
@@ -107,7 +110,7 @@ def run_mesh(mesh_cfg: sh.MeshConfig, init: dict, wrapped: bool) -> list[float]:
     mu = opt_state[1][0].mu["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"][...]
     assert mu.sharding.spec == q.sharding.spec, (mu.sharding.spec, q.sharding.spec)
     b_sh = sh.batch_sharding(mesh, rules)
-    step = make_train_step(graphdef, tx, TRAIN.accum_steps)
+    step = make_train_step(graphdef, tx, TRAIN.accum_steps, CROSS_BATCH)
     if wrapped:
         step = sh.make_sharded_step(step, p_sh, o_sh, b_sh)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]

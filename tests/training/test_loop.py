@@ -76,3 +76,37 @@ def test_bad_accumulation_split_is_a_config_error(tmp_path):
 def test_non_finite_loss_stops_with_step(tmp_path):
     with pytest.raises(TrainingError, match=r"non-finite loss .* at step 2"):
         train(micro_config(tmp_path / "nan", 2, learning_rate=float("inf"), warmup_steps=0))
+
+
+def test_dry_run_plans_longllama_3b_without_weights_or_data():
+    config = load_config(
+        ["train.py", "--config", "configs/longllama_3b.py", "--config.dry_run=True", "--config.dry_run_devices=128"]
+    )
+    report = train(config)
+    assert abs(report["num_parameters"] - 3.43e9) < 0.01e9
+    assert report["num_devices"] == 128
+
+
+def test_missing_init_checkpoint_or_data_path_names_the_field(tmp_path):
+    config = load_config(["train.py", "--config", "configs/longllama_3b.py", f"--config.workdir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="config.init_from=open_llama_3b"):
+        train(config)
+    config = load_config(
+        [
+            "train.py",
+            "--config",
+            "configs/longllama_3b.py",
+            f"--config.init_from={tmp_path}",
+            f"--config.workdir={tmp_path}",
+        ]
+    )
+    with pytest.raises(ValueError, match="config.data.source.path is empty"):
+        train(config)
+
+
+def test_batch_not_divisible_by_k_is_a_config_error(tmp_path):
+    config = load_config(
+        ["train.py", "--config", "configs/tiny_fot.py", "--config.data.batch_size=6", f"--config.workdir={tmp_path}"]
+    )
+    with pytest.raises(ValueError, match="not divisible by config.data.k=4"):
+        train(config)
