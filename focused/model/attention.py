@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from focused.memory.core import MemoryBlock, memory_attention
@@ -61,16 +60,20 @@ class Attention(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        cos: jax.Array,
-        sin: jax.Array,
+        rope: RopeTables,
         local_mask: jax.Array,
         memory: MemoryBlock | CrossBatch | None = None,
-    ) -> tuple[jax.Array, WindowKV | None]:
-        """x `[batch, seq, hidden]`, cos/sin `[batch, seq, head_dim]`, local_mask `[batch, seq, seq]` bool.
+        cache: WindowKV | None = None,
+        cache_index: jax.Array | int = 0,
+    ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
+        """x `[batch, seq, hidden]`; local_mask `[batch, seq, keys]` bool where keys = seq, or the cache size.
 
         memory: a MemoryBlock (inference), a CrossBatch spec (training; built from this window's own raw keys
         and values of earlier rows), or None.
-        Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None).
+        cache: this layer's local cache, raw keys/values `[batch, cache_size, kv_heads, head_dim]`; the window's
+        keys/values are written at `cache_index` and attention runs over the whole buffer (masked by local_mask).
+        Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None,
+        the updated cache or None).
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -78,19 +81,27 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, cfg.kv_heads, cfg.head_size)
         v = self.v_proj(x).reshape(b, t, cfg.kv_heads, cfg.head_size)
         raw = WindowKV(k, v) if self.is_memory_layer else None
+        new_cache = None
+        if cache is not None:
+            at = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), at)
+            v = jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), at)
+            new_cache = WindowKV(k, v)
         if self.use_rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, rope.q_cos, rope.q_sin), apply_rope(k, rope.k_cos, rope.k_sin)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
             memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
         out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk)
-        return self.o_proj(out.reshape(b, t, -1)), raw
+        return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
 
 
-def window_memory_mask(attention_mask: jax.Array | None, batch: int, seq: int) -> jax.Array:
-    """The `[batch, seq]` bool mask a window leaves in memory: True for real tokens, False for padding."""
-    if attention_mask is None:
-        return jnp.ones((batch, seq), dtype=bool)
-    return attention_mask.astype(bool)
+class RopeTables(NamedTuple):
+    """cos/sin `[batch, seq, head_dim]` for the queries and `[batch, keys, head_dim]` for the keys."""
+
+    q_cos: jax.Array
+    q_sin: jax.Array
+    k_cos: jax.Array
+    k_sin: jax.Array

@@ -21,7 +21,7 @@ from flax import nnx
 
 from focused.memory.core import MemoryBlock, causal_mask
 from focused.memory.crossbatch import CrossBatch
-from focused.model.attention import Attention, WindowKV, dense
+from focused.model.attention import Attention, RopeTables, WindowKV, dense
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.rope import rope_cos_sin, rope_frequencies
 
@@ -63,22 +63,42 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, memory: MemoryBlock | CrossBatch | None
-    ) -> tuple[jax.Array, WindowKV | None]:
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, memory)
+        self,
+        x: jax.Array,
+        rope: RopeTables,
+        mask: jax.Array,
+        memory: MemoryBlock | CrossBatch | None,
+        cache: WindowKV | None,
+        cache_index: jax.Array | int,
+    ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
+        attn, kv, cache = self.self_attn(self.input_layernorm(x), rope, mask, memory, cache, cache_index)
         x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+        return x + self.mlp(self.post_attention_layernorm(x)), kv, cache
 
 
 def _run_layer(
     layer: DecoderLayer,
     x: jax.Array,
-    cos: jax.Array,
-    sin: jax.Array,
+    rope: RopeTables,
     mask: jax.Array,
     memory: MemoryBlock | CrossBatch | None,
-) -> tuple[jax.Array, WindowKV | None]:
-    return layer(x, cos, sin, mask, memory)
+    cache: WindowKV | None,
+    cache_index: jax.Array | int,
+) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
+    return layer(x, rope, mask, memory, cache, cache_index)
+
+
+class LocalCache(NamedTuple):
+    """The local (windowed) key/value cache used while generating; raw keys, rotated on use.
+
+    keys, values: `[layers, batch, size, kv_heads, head_dim]` (size = max_position_embeddings)
+    valid: `[batch, size]` bool; length: `[]` int32 slots in use (the same for every row).
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    valid: jax.Array
+    length: jax.Array
 
 
 class LlamaModel(nnx.Module):
@@ -109,16 +129,33 @@ class LlamaModel(nnx.Module):
         positions: jax.Array | None = None,
         memory: Sequence[MemoryBlock | None] | CrossBatch | None = None,
         inputs_embeds: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[WindowKV, ...]]:
+        cache: LocalCache | None = None,
+    ) -> tuple[jax.Array, tuple[WindowKV, ...], LocalCache | None]:
         """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`) → (hidden `[batch, seq, hidden]`,
-        raw K/V of each memory layer)."""
+        raw K/V of each memory layer, updated cache).
+
+        Without a cache the window attends causally to itself at positions 0..seq-1 (or `positions`). With a
+        cache the window is written at slots length..length+seq-1 and attends to every valid slot up to its own.
+        """
         cfg = self.config
         b, t = input_ids.shape[:2]
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         key_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
-        mask = causal_mask(key_valid)
-        cos, sin = rope_cos_sin(positions, np.asarray(self.inv_freq, np.float32), self.rope_attention_factor)
+        inv_freq = np.asarray(self.inv_freq, np.float32)
+        if cache is None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            mask = causal_mask(key_valid)
+            cos, sin = rope_cos_sin(positions, inv_freq, self.rope_attention_factor)
+            rope = RopeTables(cos, sin, cos, sin)
+        else:
+            size = cache.valid.shape[1]
+            slots = jnp.arange(size, dtype=jnp.int32)
+            q_pos = cache.length + jnp.arange(t, dtype=jnp.int32)
+            valid = jax.lax.dynamic_update_slice(cache.valid, key_valid, (0, cache.length))
+            mask = (slots[None, None, :] <= q_pos[None, :, None]) & valid[:, None, :]
+            q_cos, q_sin = rope_cos_sin(jnp.broadcast_to(q_pos, (b, t)), inv_freq, self.rope_attention_factor)
+            k_cos, k_sin = rope_cos_sin(jnp.broadcast_to(slots, (b, size)), inv_freq, self.rope_attention_factor)
+            rope = RopeTables(q_cos, q_sin, k_cos, k_sin)
         if isinstance(memory, CrossBatch):
             memory = (memory,) * len(cfg.mem_layers)
         if memory is not None and len(memory) != len(cfg.mem_layers):
@@ -127,16 +164,30 @@ class LlamaModel(nnx.Module):
         run = nnx.remat(_run_layer) if cfg.remat else _run_layer
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         new_kv: list[WindowKV] = []
+        new_cache: list[WindowKV] = []
         for i, layer in enumerate(self.layers):
-            x, kv = run(layer, x, cos, sin, mask, mem_by_layer.get(i))
+            layer_cache = None if cache is None else WindowKV(cache.keys[i], cache.values[i])
+            index = 0 if cache is None else cache.length
+            x, kv, layer_cache = run(layer, x, rope, mask, mem_by_layer.get(i), layer_cache, index)
             if kv is not None:
                 new_kv.append(kv)
-        return self.norm(x), tuple(new_kv)
+            if layer_cache is not None:
+                new_cache.append(layer_cache)
+        out_cache = None
+        if cache is not None:
+            out_cache = LocalCache(
+                keys=jnp.stack([c.keys for c in new_cache]),
+                values=jnp.stack([c.values for c in new_cache]),
+                valid=valid,
+                length=cache.length + t,
+            )
+        return self.norm(x), tuple(new_kv), out_cache
 
 
 class CausalLMOutput(NamedTuple):
     logits: jax.Array  # [batch, seq, vocab] float32
     memory_kv: tuple[WindowKV, ...]  # one per memory layer: the window's raw keys/values
+    cache: LocalCache | None = None  # the updated local cache when one was given
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -155,13 +206,15 @@ class LlamaForCausalLM(nnx.Module):
         positions: jax.Array | None = None,
         memory: Sequence[MemoryBlock | None] | CrossBatch | None = None,
         inputs_embeds: jax.Array | None = None,
+        cache: LocalCache | None = None,
     ) -> CausalLMOutput:
         """input_ids `[batch, seq]` int, attention_mask `[batch, seq]` (1 = token, 0 = padding),
         positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer, a `CrossBatch`
-        spec (training: memory layers attend to earlier rows of the batch), or None."""
-        hidden, kv = self.model(input_ids, attention_mask, positions, memory, inputs_embeds)
+        spec (training: memory layers attend to earlier rows of the batch), or None; cache: a `LocalCache`
+        (generation, see focused.generate)."""
+        hidden, kv, cache = self.model(input_ids, attention_mask, positions, memory, inputs_embeds, cache)
         if self.config.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(hidden)
         else:
             logits = self.lm_head(hidden)
-        return CausalLMOutput(logits.astype(jnp.float32), kv)
+        return CausalLMOutput(logits.astype(jnp.float32), kv, cache)
