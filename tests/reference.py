@@ -54,10 +54,12 @@ def forward_long_reference(
     ids: np.ndarray,
     valid: np.ndarray | None = None,
     memory_windows: int | None = None,
+    starts: list[int] | None = None,
 ) -> np.ndarray:
     """Logits `[n, vocab]` for ONE row `ids [n]`, processed in windows of max_position_embeddings.
 
     memory_windows: keep only the last this-many windows in memory (None = all previous windows).
+    starts: explicit window start offsets (default 0, W, 2W, ...); each window sees earlier windows as memory.
     """
     n = len(ids)
     valid = np.ones(n, bool) if valid is None else valid.astype(bool)
@@ -66,9 +68,10 @@ def forward_long_reference(
     g = h // kvh
     mem = {i: [] for i in config.mem_layers}  # layer -> list of (k_raw, v, valid) per window
     out = []
-    for start in range(0, n, w):
-        tok = ids[start : start + w]
-        ok = valid[start : start + w]
+    starts = list(range(0, n, w)) if starts is None else list(starts)
+    for start, stop in zip(starts, [*starts[1:], n], strict=True):
+        tok = ids[start:stop]
+        ok = valid[start:stop]
         t = len(tok)
         pos = np.arange(t)
         causal = np.tril(np.ones((t, t), bool)) & ok[None]

@@ -77,7 +77,7 @@ def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], vali
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
-def _window_step(
+def window_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     state: DenseMemoryState,
@@ -135,7 +135,7 @@ def forward_long(
     for start in tqdm(starts, desc="windows", disable=not progress, unit="win"):
         stop = min(start + window, n)
         check_capacity(written, stop - start, memory.mask.shape[1], policy)
-        out, memory = _window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop])
+        out, memory = window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop])
         written += stop - start
         logits.append(out)
     return jnp.concatenate(logits, axis=1), memory

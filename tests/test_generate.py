@@ -1,0 +1,81 @@
+"""Generation: the local cache equals full recomputation; LongLLaMA's prompt split and cache overflow into memory
+equal a direct re-computation with the same window boundaries."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from focused.generate import decode, generate, ingest, sample
+from tests.memory.test_dense import build, tiny_config
+from tests.reference import forward_long_reference, params_numpy
+
+
+def test_greedy_with_cache_equals_full_recomputation():
+    config = tiny_config(max_position_embeddings=32, last_context_length=32)
+    model = build(config, seed=31)
+    prompt = np.random.default_rng(32).integers(0, config.vocab_size, size=(2, 9))
+    tokens = generate(model, prompt, max_new_tokens=12, progress=False)
+    seq = prompt
+    for step in range(12):
+        expected = np.asarray(model(jnp.asarray(seq)).logits[:, -1].argmax(-1))
+        np.testing.assert_array_equal(tokens[:, step], expected)
+        seq = np.concatenate([seq, expected[:, None]], axis=1)
+
+
+def test_long_prompt_and_cache_overflow_follow_longllama_windows():
+    """Prompt 45 tokens, W = 16, last_context_length = 8: prefix windows [0,16), [16,32), [32,37) go to memory, the
+    last 8 tokens start the local cache at 37; it overflows into memory at 53 and again at 69."""
+    config = tiny_config(max_position_embeddings=16, last_context_length=8, mem_layers=(0, 2))
+    model = build(config, seed=33)
+    rng = np.random.default_rng(34)
+    ids = rng.integers(0, config.vocab_size, size=(1, 80))
+    n = 45
+    state = ingest(model, ids[:, :n], capacity=96, progress=False)
+    logits = [np.asarray(state.logits[0])]
+    for t in range(n, 80 - 1):
+        state = decode(model, state, jnp.asarray(ids[:, t]))
+        logits.append(np.asarray(state.logits[0]))
+    ref = forward_long_reference(config, params_numpy(model), ids[0], starts=[0, 16, 32, 37, 53, 69])
+    np.testing.assert_allclose(np.stack(logits), ref[n - 1 : 79], atol=3e-5, rtol=0)
+    assert int(state.memory.length) == 37 + 16 + 16
+
+
+def test_batched_prompts_with_left_padding_match_unpadded_rows():
+    config = tiny_config(max_position_embeddings=16, last_context_length=8)
+    model = build(config, seed=35)
+    rng = np.random.default_rng(36)
+    long = rng.integers(3, config.vocab_size, size=30)
+    short = rng.integers(3, config.vocab_size, size=21)
+    batch = np.zeros((2, 30), np.int32)
+    mask = np.zeros((2, 30), np.int32)
+    batch[0], mask[0] = long, 1
+    batch[1, 9:], mask[1, 9:] = short, 1
+    together = generate(model, batch, 6, attention_mask=mask, progress=False)
+    alone_long = generate(model, long[None], 6, progress=False)
+    np.testing.assert_array_equal(together[0], alone_long[0])
+    # the short row is left-padded, so its windows are cut differently from an unpadded run; its padding is
+    # masked in memory and cache alike, so it still generates from its own tokens only
+    shifted = np.concatenate([np.full(9, 7), short])[None]
+    other = generate(model, shifted, 6, attention_mask=mask[1:], progress=False)
+    np.testing.assert_array_equal(together[1], other[0])
+
+
+def test_sampling_respects_top_p_and_temperature():
+    import jax
+
+    logits = jnp.log(jnp.asarray([[0.6, 0.3, 0.05, 0.05]]))
+    keys = jax.random.split(jax.random.key(0), 200)
+    draws = np.array([int(sample(logits, k, 1.0, 0.5)[0]) for k in keys[:50]])
+    assert set(draws) == {0}  # top-p 0.5 keeps only the most likely token
+    draws = np.array([int(sample(logits, k, 1.0, 0.92)[0]) for k in keys])
+    assert set(draws) <= {0, 1, 2} and 1 in draws
+    assert int(sample(logits, keys[0])[0]) == 0  # temperature 0 = greedy
+
+
+def test_prompt_beyond_capacity_is_an_error():
+    config = tiny_config(max_position_embeddings=16, last_context_length=8)
+    model = build(config, seed=37)
+    with pytest.raises(ValueError, match="memory capacity 16 tokens exceeded"):
+        ingest(model, np.ones((1, 60), np.int32), capacity=16, progress=False)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        ingest(model, np.ones((1, 0), np.int32), progress=False)
