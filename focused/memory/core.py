@@ -17,6 +17,8 @@ With no memory it is ordinary (grouped-query) attention. Key/value heads are sha
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -25,12 +27,27 @@ import jax.numpy as jnp
 MASKED = float(jnp.finfo(jnp.float32).min)
 
 
-class MemoryBlock(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["keys", "values", "mask"], meta_fields=["top_k"])
+@dataclasses.dataclass(frozen=True)
+class MemoryBlock:
     """What a memory layer attends to beyond its local window.
 
     keys:   `[batch, mem, kv_heads, head_dim]`, un-rotated (RoPE "as if at position 0"), any dtype (mem_dtype)
     values: `[batch, mem, kv_heads, head_dim]`
     mask:   `[batch, mem]` bool, True where the slot holds a real (non-padding) token
+    top_k:  static; None = attend to all of it (dense), k = each query keeps its k best scores (exact top-k)
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    mask: jax.Array
+    top_k: int | None = None
+
+
+class RetrievedMemory(NamedTuple):
+    """Per-query memory: each query head's nearest memory entries (from a kNN index such as FAISS).
+
+    keys, values: `[batch, seq, heads, k, head_dim]`; mask: `[batch, seq, heads, k]` bool (False = no entry).
     """
 
     keys: jax.Array
@@ -49,13 +66,37 @@ def causal_mask(key_valid: jax.Array) -> jax.Array:
     return tri[None] & key_valid[:, None, :]
 
 
+def _memory_scores(
+    q: jax.Array, memory: MemoryBlock | RetrievedMemory, scale: float, top_k: int | None
+) -> tuple[jax.Array, jax.Array]:
+    """Scores `[b, kvh, g, t, m]` (masked) and the matching values `[b, kvh, g, t, m, d]` or `[b, m, kvh, d]`."""
+    f32 = jnp.float32
+    if isinstance(memory, RetrievedMemory):  # per-query neighbours from a kNN index
+        b, t, _, n, d = memory.keys.shape
+        kvh, g = q.shape[2], q.shape[3]
+        keys = memory.keys.reshape(b, t, kvh, g, n, d).astype(q.dtype)
+        s_mem = jnp.einsum("btkgd,btkgnd->bkgtn", q, keys, preferred_element_type=f32) * scale
+        mask = memory.mask.reshape(b, t, kvh, g, n).transpose(0, 2, 3, 1, 4)
+        values = memory.values.reshape(b, t, kvh, g, n, d).transpose(0, 2, 3, 1, 4, 5)
+        return jnp.where(mask, s_mem, MASKED), values
+    s_mem = jnp.einsum("btkgd,bmkd->bkgtm", q, memory.keys.astype(q.dtype), preferred_element_type=f32) * scale
+    s_mem = jnp.where(memory.mask[:, None, None, None, :], s_mem, MASKED)
+    if top_k is None or top_k >= s_mem.shape[-1]:
+        return s_mem, memory.values
+    s_top, idx = jax.lax.top_k(s_mem, top_k)  # [b, kvh, g, t, k]
+    by_head = jnp.moveaxis(memory.values, 2, 1)  # [b, kvh, m, d]
+    values = jax.vmap(jax.vmap(lambda v, i: v[i]))(by_head, idx)  # [b, kvh, g, t, k, d]
+    return s_top, values
+
+
 def _attend_chunk(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
     local_mask: jax.Array,
-    memory: MemoryBlock | None,
+    memory: MemoryBlock | RetrievedMemory | None,
     scale: float,
+    top_k: int | None = None,
 ) -> jax.Array:
     """q `[b, t, kvh, g, d]`, k/v `[b, s, kvh, d]`, local_mask `[b, t, s]` → `[b, t, kvh, g, d]`."""
     f32 = jnp.float32
@@ -64,14 +105,14 @@ def _attend_chunk(
     if memory is None:
         w_loc = jax.nn.softmax(s_loc, axis=-1)
         return jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
-    mem_k = memory.keys.astype(q.dtype)
-    mem_v = memory.values.astype(v.dtype)
-    s_mem = jnp.einsum("btkgd,bmkd->bkgtm", q, mem_k, preferred_element_type=f32) * scale
-    s_mem = jnp.where(memory.mask[:, None, None, None, :], s_mem, MASKED)
+    s_mem, mem_v = _memory_scores(q, memory, scale, top_k)
     n_mem = s_mem.shape[-1]
     w = jax.nn.softmax(jnp.concatenate([s_mem, s_loc], axis=-1), axis=-1)
-    w_mem, w_loc = w[..., :n_mem], w[..., n_mem:]
-    out = jnp.einsum("bkgtm,bmkd->btkgd", w_mem.astype(v.dtype), mem_v)
+    w_mem, w_loc = w[..., :n_mem].astype(v.dtype), w[..., n_mem:].astype(v.dtype)
+    if mem_v.ndim == 4:  # shared memory [b, m, kvh, d]
+        out = jnp.einsum("bkgtm,bmkd->btkgd", w_mem, mem_v.astype(v.dtype))
+    else:  # per-query memory [b, kvh, g, t, m, d]
+        out = jnp.einsum("bkgtm,bkgtmd->btkgd", w_mem, mem_v.astype(v.dtype))
     return out + jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
 
 
@@ -80,9 +121,10 @@ def memory_attention(
     k: jax.Array,
     v: jax.Array,
     local_mask: jax.Array,
-    memory: MemoryBlock | None = None,
+    memory: MemoryBlock | RetrievedMemory | None = None,
     *,
     query_chunk: int | None = None,
+    top_k: int | None = None,
 ) -> jax.Array:
     """Attention over [memory ; local window] with one float32 softmax.
 
@@ -90,7 +132,10 @@ def memory_attention(
       q: `[batch, seq, heads, head_dim]` queries (rotated when the layer uses positions).
       k, v: `[batch, kv_len, kv_heads, head_dim]` local keys (rotated) and values.
       local_mask: `[batch, seq, kv_len]` bool, True where query t may attend to local key s.
-      memory: optional `MemoryBlock`; None gives plain attention.
+      memory: a `MemoryBlock` (shared by all queries), a `RetrievedMemory` (per-query neighbours from a kNN
+        index), or None for plain attention.
+      top_k: with a MemoryBlock, keep only each query's top_k memory scores (exact kNN on device) before the
+        softmax over [top-k ; local]; None = all of memory (dense).
       query_chunk: process queries in chunks of this many positions (LongLLaMA's `mem_attention_grouping`),
         bounding the `[batch, heads, chunk, mem]` score buffer for long memories.
     Returns:
@@ -100,16 +145,18 @@ def memory_attention(
     kv_heads = k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads")
-    if memory is not None and memory.keys.shape[2] != kv_heads:
+    if isinstance(memory, MemoryBlock) and memory.keys.shape[2] != kv_heads:
         raise ValueError(f"memory has {memory.keys.shape[2]} kv heads, the layer has {kv_heads}")
     scale = dim**-0.5
     qg = q.reshape(batch, seq, kv_heads, heads // kv_heads, dim)
-    if query_chunk is None or query_chunk >= seq or seq % query_chunk:
-        out = _attend_chunk(qg, k, v, local_mask, memory, scale)
+    if isinstance(memory, MemoryBlock) and top_k is None:
+        top_k = memory.top_k
+    if query_chunk is None or query_chunk >= seq or seq % query_chunk or isinstance(memory, RetrievedMemory):
+        out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k)
     else:
         n = seq // query_chunk
         q_chunks = jnp.moveaxis(qg.reshape(batch, n, query_chunk, *qg.shape[2:]), 1, 0)
         m_chunks = jnp.moveaxis(local_mask.reshape(batch, n, query_chunk, -1), 1, 0)
-        out = jax.lax.map(lambda qm: _attend_chunk(qm[0], k, v, qm[1], memory, scale), (q_chunks, m_chunks))
+        out = jax.lax.map(lambda qm: _attend_chunk(qm[0], k, v, qm[1], memory, scale, top_k), (q_chunks, m_chunks))
         out = jnp.moveaxis(out, 0, 1).reshape(batch, seq, *qg.shape[2:])
     return out.reshape(batch, seq, heads, dim)

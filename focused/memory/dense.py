@@ -51,9 +51,13 @@ def init_memory(config: LlamaConfig, batch: int, capacity: int) -> DenseMemorySt
     )
 
 
-def memory_blocks(state: DenseMemoryState) -> tuple[MemoryBlock, ...]:
-    """One `MemoryBlock` per memory layer, viewing the whole buffer (empty slots are masked out)."""
-    return tuple(MemoryBlock(state.keys[i], state.values[i], state.mask) for i in range(state.keys.shape[0]))
+def memory_blocks(state: DenseMemoryState, top_k: int | None = None) -> tuple[MemoryBlock, ...]:
+    """One `MemoryBlock` per memory layer, viewing the whole buffer (empty slots are masked out).
+
+    top_k: None = dense attention over all of memory; k = exact top-k on device (the `topk` backend).
+    """
+    n = state.keys.shape[0]
+    return tuple(MemoryBlock(state.keys[i], state.values[i], state.mask, top_k) for i in range(n))
 
 
 def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], valid: jax.Array) -> DenseMemoryState:
@@ -76,16 +80,18 @@ def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], vali
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_k"), donate_argnames=("state",))
 def window_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     state: DenseMemoryState,
     input_ids: jax.Array,
     valid: jax.Array,
+    top_k: int | None = None,
 ) -> tuple[jax.Array, DenseMemoryState]:
+    """One window `[batch, seq]` attending to the memory, then appended to it; returns (logits, memory)."""
     model = nnx.merge(graphdef, params)
-    out = model(input_ids, attention_mask=valid, memory=memory_blocks(state))
+    out = model(input_ids, attention_mask=valid, memory=memory_blocks(state, top_k))
     return out.logits, append_window(state, out.memory_kv, valid)
 
 
@@ -108,6 +114,7 @@ def forward_long(
     capacity: int | None = None,
     policy: str = "error",
     memory: DenseMemoryState | None = None,
+    top_k: int | None = None,
     progress: bool = False,
 ) -> tuple[jax.Array, DenseMemoryState]:
     """Runs a long input window by window with dense memory.
@@ -118,6 +125,7 @@ def forward_long(
       capacity: memory slots per row (default: n rounded up to whole windows, i.e. everything fits).
       policy: "error" (refuse input that overflows) or "drop_oldest" (ring buffer).
       memory: continue from an existing memory instead of an empty one.
+      top_k: None = dense attention over all of memory; k = exact top-k per query on device.
     Returns:
       (logits `[batch, n, vocab]` float32, the memory after the last window).
     """
@@ -135,7 +143,7 @@ def forward_long(
     for start in tqdm(starts, desc="windows", disable=not progress, unit="win"):
         stop = min(start + window, n)
         check_capacity(written, stop - start, memory.mask.shape[1], policy)
-        out, memory = window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop])
+        out, memory = window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop], top_k)
         written += stop - start
         logits.append(out)
     return jnp.concatenate(logits, axis=1), memory
