@@ -1,0 +1,397 @@
+"""Host-side kNN memory (DESIGN §3, kNN variant): FAISS inner-product indexes plus the keys/values they point to.
+
+One FAISS index per (memory layer, batch row, kv head) holds the `head_dim`-dim float32 keys of that head. Every
+stored token has an id: its position in the row's token stream (0, 1, 2, ... over all `add` calls, padding
+included), so ids are aligned across layers, rows and heads and survive eviction. The payload returned with each
+neighbour (a copy of the key and the value) lives in ring buffers `[layers, batch, capacity, kv_heads, head_dim]`
+at slot `id % capacity`, in RAM or in `np.memmap` files (`values_path`).
+
+Padding is remembered but never retrieved: masked tokens take an id and a payload slot (with mask False), but are
+NOT added to any index, so a search can never return them. Fewer than k hits are padded with id -1 / mask False.
+
+IVF indexes need training: the first `train_size` valid keys of an index go to an exact flat buffer that is
+searched exactly; once it holds `train_size` keys the IVF index is trained on them, they are moved in, and the
+buffer is dropped. `add` is a host call, made after each jitted window step (never inside it; see knn.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import faiss
+import jax
+import numpy as np
+
+INDEX_TYPES = ("flat", "ivf_flat", "ivf_sq8", "ivf_fp16", "hnsw")
+POLICIES = ("error", "drop_oldest")
+PAYLOAD_DTYPES = ("float32", "float16")
+# Fields that may differ between a saved memory and the store loading it: search-time knobs and placement.
+LOAD_FREE_FIELDS = ("nprobe", "ef_search", "use_gpu", "values_path", "num_threads")
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnIndexConfig:
+    """How the kNN memory indexes its keys.
+
+    index_type: "flat" (exact IndexFlatIP), "ivf_flat", "ivf_sq8", "ivf_fp16" (IVF, raw / 8-bit / fp16 codes) or
+      "hnsw" (IndexHNSWFlat).
+    nlist, nprobe: IVF lists, and lists scanned per query.   hnsw_m, ef_search: HNSW graph degree, search beam.
+    train_size: valid keys an IVF index collects (searched exactly meanwhile) before it is trained on them.
+    use_gpu: "auto" (faiss-gpu when JAX runs on a GPU), True or False; without faiss GPU support → CPU + a warning.
+    values_path: directory for `np.memmap` payload files instead of RAM (None: RAM).
+    capacity: tokens kept per batch row.   policy: "error" or "drop_oldest" (removes the oldest ids).
+    payload_dtype: storage of the returned key/value copies, "float32" or "float16" (the index keeps float32).
+    num_threads: OpenMP threads for FAISS (None: all cores this process may use). When other busy processes share
+      the cores, use fewer: spinning OpenMP threads then made flat search 10-30x slower (bench/RESULTS_faiss.md).
+    """
+
+    index_type: str = "flat"
+    nlist: int = 1024
+    nprobe: int = 32
+    hnsw_m: int = 32
+    ef_search: int = 64
+    train_size: int = 65536
+    use_gpu: bool | str = "auto"
+    values_path: str | None = None
+    capacity: int = 65536
+    policy: str = "error"
+    payload_dtype: str = "float32"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown index_type {self.index_type!r}; use one of {INDEX_TYPES}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown memory capacity policy {self.policy!r}; use one of {POLICIES}")
+        if self.payload_dtype not in PAYLOAD_DTYPES:
+            raise ValueError(f"unknown payload_dtype {self.payload_dtype!r}; use one of {PAYLOAD_DTYPES}")
+        if self.use_gpu not in ("auto", True, False):
+            raise ValueError(f"use_gpu must be 'auto', True or False, got {self.use_gpu!r}")
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_search", "train_size", "capacity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be positive or None, got {self.num_threads}")
+        if self.is_ivf and self.train_size < self.nlist:
+            raise ValueError(f"train_size {self.train_size} is smaller than nlist {self.nlist}: k-means needs more")
+        if self.policy == "drop_oldest" and self.index_type == "hnsw":
+            raise ValueError("policy 'drop_oldest' needs remove_ids, which FAISS HNSW lacks: use flat or ivf_*")
+        if self.use_gpu is True and (self.index_type == "hnsw" or self.policy == "drop_oldest"):
+            raise ValueError("FAISS GPU indexes support neither hnsw nor remove_ids (drop_oldest): set use_gpu=False")
+
+    @property
+    def is_ivf(self) -> bool:
+        return self.index_type.startswith("ivf")
+
+
+def _empty_index(config: KnnIndexConfig, dim: int) -> faiss.Index:
+    """A fresh index; for IVF types the exact buffer used until training (`_trained_ivf` builds the real one)."""
+    if config.index_type == "hnsw":
+        return faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+    return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+
+
+def _trained_ivf(config: KnnIndexConfig, keys: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """keys `[n, dim]` float32 (n >= train_size), ids `[n]` → an IVF index trained on the first train_size keys."""
+    dim = keys.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    if config.index_type == "ivf_flat":
+        index = faiss.IndexIVFFlat(quantizer, dim, config.nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        qtype = faiss.ScalarQuantizer.QT_8bit if config.index_type == "ivf_sq8" else faiss.ScalarQuantizer.QT_fp16
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, config.nlist, qtype, faiss.METRIC_INNER_PRODUCT)
+    index.train(keys[: config.train_size])
+    index.add_with_ids(keys, ids)
+    return index
+
+
+def _flat_contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """An IndexIDMap(IndexFlatIP) → (keys `[n, dim]` float32, ids `[n]` int64), copies."""
+    inner = faiss.downcast_index(index.index)
+    keys = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d).copy()
+    return keys, faiss.vector_to_array(index.id_map).copy()
+
+
+def exact_search(
+    queries: np.ndarray, keys: np.ndarray, ids: np.ndarray, k: int, chunk: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k: queries `[n, d]`, keys `[m, d]`, ids `[m]` → (scores, ids) `[n, k]`.
+
+    Sorted by decreasing score, padded with (-inf, -1) when m < k; keys are scanned `chunk` rows at a time.
+    """
+    n = queries.shape[0]
+    best_s = np.full((n, k), -np.inf, np.float32)
+    best_i = np.full((n, k), -1, np.int64)
+    q = np.asarray(queries, np.float32)
+    for start in range(0, keys.shape[0], chunk):
+        s = q @ np.asarray(keys[start : start + chunk], np.float32).T
+        all_s = np.concatenate([best_s, s], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(ids[start : start + chunk], s.shape)], axis=1)
+        top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(all_s, top, 1), axis=1), 1)
+        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
+    return best_s, best_i
+
+
+def _use_gpu(config: KnnIndexConfig) -> bool:
+    """Resolves `use_gpu`; warns once (per store) and returns False when FAISS cannot reach a GPU."""
+    if config.use_gpu is False:
+        return False
+    if config.use_gpu == "auto" and (
+        jax.default_backend() != "gpu" or config.index_type == "hnsw" or config.policy == "drop_oldest"
+    ):
+        return False
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        warnings.warn("FAISS has no GPU support here (install faiss-gpu-cu12): kNN memory stays on CPU", stacklevel=3)
+        return False
+    return True
+
+
+class KnnMemoryStore:
+    """The kNN memory of one model: `num_layers` memory layers × `batch` rows × `kv_heads` FAISS indexes.
+
+    Attributes:
+      keys, values: `[num_layers, batch, capacity, kv_heads, head_dim]` payload ring buffers (payload_dtype).
+      mask: `[batch, capacity]` bool, True where the slot holds a real token.
+      written: tokens ever added per row (ids run from `max(0, written - capacity)` to `written - 1`).
+      search_calls: number of `search` calls so far (lets tests count host callbacks).
+    """
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, config: KnnIndexConfig) -> None:
+        for name, value in dict(num_layers=num_layers, batch=batch, kv_heads=kv_heads, head_dim=head_dim).items():
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.num_layers, self.batch, self.kv_heads, self.head_dim = num_layers, batch, kv_heads, head_dim
+        self.config = config
+        faiss.cvar.distance_compute_blas_threshold = 20  # default 128000 makes batched flat search ~5x slower
+        faiss.omp_set_num_threads(config.num_threads or len(os.sched_getaffinity(0)))
+        self._gpu = faiss.StandardGpuResources() if _use_gpu(config) else None
+        shape = (num_layers, batch, config.capacity, kv_heads, head_dim)
+        self.keys = self._payload("keys", shape)
+        self.values = self._payload("values", shape)
+        self.mask = np.zeros((batch, config.capacity), bool)
+        self.written = 0
+        self.search_calls = 0
+        self._lock = threading.RLock()
+        self._trained = np.full(num_layers * batch * kv_heads, not config.is_ivf)
+        self._indexes = [self._device(_empty_index(config, head_dim), trained) for trained in self._trained]
+
+    def _payload(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        dtype = np.dtype(self.config.payload_dtype)
+        if self.config.values_path is None:
+            return np.zeros(shape, dtype)
+        Path(self.config.values_path).mkdir(parents=True, exist_ok=True)
+        return np.memmap(Path(self.config.values_path) / f"{name}.bin", dtype=dtype, mode="w+", shape=shape)
+
+    def _device(self, index: faiss.Index, trained: bool) -> faiss.Index:
+        """Moves a trained index to the GPU when enabled (IVF training buffers stay on the host)."""
+        return faiss.index_cpu_to_gpu(self._gpu, 0, index) if self._gpu is not None and trained else index
+
+    def _host(self, slot: int) -> faiss.Index:
+        """A host copy of index `slot` (the index itself on CPU)."""
+        index = self._indexes[slot]
+        return faiss.index_gpu_to_cpu(index) if self._gpu is not None and self._trained[slot] else index
+
+    def _slot(self, layer: int, row: int, head: int) -> int:
+        return (layer * self.batch + row) * self.kv_heads + head
+
+    @property
+    def size(self) -> int:
+        """Tokens (padding included) currently stored per batch row."""
+        return min(self.written, self.config.capacity)
+
+    @property
+    def oldest(self) -> int:
+        """Id of the oldest token still stored."""
+        return max(0, self.written - self.config.capacity)
+
+    def add(self, keys: np.ndarray, values: np.ndarray, valid: np.ndarray) -> None:
+        """Appends one window: keys/values `[layers, batch, seq, kv_heads, head_dim]`, valid `[batch, seq]` bool.
+
+        Call from the host after each jitted step (with the step's returned keys/values), in window order.
+        """
+        keys, values, valid = np.asarray(keys, np.float32), np.asarray(values), np.asarray(valid).astype(bool)
+        expect = (self.num_layers, self.batch, keys.shape[2] if keys.ndim == 5 else -1, self.kv_heads, self.head_dim)
+        if keys.shape != expect or values.shape != expect:
+            raise ValueError(f"keys {keys.shape} and values {values.shape} must both be {expect} (layers, batch, seq…)")
+        seq, cap = expect[2], self.config.capacity
+        if valid.shape != (self.batch, seq):
+            raise ValueError(f"valid has shape {valid.shape}, expected (batch, seq) = {(self.batch, seq)}")
+        with self._lock:
+            if self.config.policy == "error" and self.written + seq > cap:
+                raise ValueError(
+                    f"memory capacity {cap} tokens exceeded ({self.written} stored + {seq} new): raise the capacity "
+                    "or use the 'drop_oldest' policy"
+                )
+            keep = min(seq, cap)  # with drop_oldest, a window longer than the capacity keeps only its tail
+            keys, values, valid = keys[:, :, seq - keep :], values[:, :, seq - keep :], valid[:, seq - keep :]
+            self._evict(max(0, self.written + seq - cap))
+            ids = np.arange(self.written + seq - keep, self.written + seq, dtype=np.int64)
+            slots = ids % cap
+            self.keys[:, :, slots] = keys
+            self.values[:, :, slots] = values
+            self.mask[:, slots] = valid
+            for row in range(self.batch):
+                if not valid[row].any():
+                    continue
+                row_keys = keys[:, row] if valid[row].all() else keys[:, row, valid[row]]  # [layers, n, kv_heads, dim]
+                for layer in range(self.num_layers):
+                    for head in range(self.kv_heads):
+                        x = np.ascontiguousarray(row_keys[layer, :, head])
+                        self._add_one(self._slot(layer, row, head), x, ids[valid[row]])
+            self.written += seq
+
+    def _add_one(self, slot: int, keys: np.ndarray, ids: np.ndarray) -> None:
+        index = self._indexes[slot]
+        index.add_with_ids(keys, ids)
+        if not self._trained[slot] and index.ntotal >= self.config.train_size:
+            self._indexes[slot] = self._device(_trained_ivf(self.config, *_flat_contents(index)), True)
+            self._trained[slot] = True
+
+    def _evict(self, new_oldest: int) -> None:
+        """Removes ids in [oldest, new_oldest) from every index (drop_oldest)."""
+        if new_oldest <= self.oldest:
+            return
+        selector = faiss.IDSelectorRange(self.oldest, new_oldest)
+        for index in self._indexes:
+            index.remove_ids(selector)
+
+    def _search_one(self, slot: int, queries: np.ndarray, k: int) -> np.ndarray:
+        """queries `[n, head_dim]` float32 → neighbour ids `[n, k]` int64 (-1 where fewer than k)."""
+        index = self._indexes[slot]
+        if index.ntotal == 0:
+            return np.full((queries.shape[0], k), -1, np.int64)
+        params = None
+        if self._trained[slot] and self.config.is_ivf:
+            params = faiss.SearchParametersIVF(nprobe=min(self.config.nprobe, self.config.nlist))
+        elif self.config.index_type == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+        return index.search(queries, k, params=params)[1]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k memory entries by inner product for every query.
+
+        Args:
+          queries: `[layers, batch, seq, heads, head_dim]`; query head h searches kv head h // (heads // kv_heads).
+          k: neighbours per query.
+        Returns:
+          keys, values `[layers, batch, seq, heads, k, head_dim]` (payload_dtype, zeros where masked),
+          mask `[layers, batch, seq, heads, k]` bool, ids `[layers, batch, seq, heads, k]` int64 (-1 where masked);
+          neighbours are sorted by decreasing inner product.
+        """
+        queries = np.asarray(queries, np.float32)
+        if queries.ndim != 5 or queries.shape[:2] != (self.num_layers, self.batch) or queries.shape[4] != self.head_dim:
+            raise ValueError(
+                f"queries have shape {queries.shape}, expected ({self.num_layers}, {self.batch}, seq, heads, "
+                f"{self.head_dim})"
+            )
+        layers, batch, seq, heads, dim = queries.shape
+        if heads % self.kv_heads:
+            raise ValueError(f"{heads} query heads cannot share {self.kv_heads} key/value heads")
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        group = heads // self.kv_heads
+        ids = np.full((layers, batch, seq, heads, k), -1, np.int64)
+        out_keys = np.zeros((*ids.shape, dim), self.keys.dtype)
+        out_values = np.zeros((*ids.shape, dim), self.values.dtype)
+        with self._lock:
+            self.search_calls += 1
+            for layer in range(layers):
+                for row in range(batch):
+                    for head in range(self.kv_heads):
+                        heads_of = slice(head * group, (head + 1) * group)
+                        x = np.ascontiguousarray(queries[layer, row, :, heads_of].reshape(seq * group, dim))
+                        found = self._search_one(self._slot(layer, row, head), x, k).reshape(seq, group, k)
+                        slots = np.where(found >= 0, found % self.config.capacity, 0)
+                        ids[layer, row, :, heads_of] = found
+                        out_keys[layer, row, :, heads_of] = self.keys[layer, row, slots, head]
+                        out_values[layer, row, :, heads_of] = self.values[layer, row, slots, head]
+        mask = ids >= 0
+        out_keys[~mask] = 0
+        out_values[~mask] = 0
+        return out_keys, out_values, mask, ids
+
+    def recall_at_k(self, queries: np.ndarray, k: int) -> float:
+        """Fraction of the exact top-k (brute force over the payload keys) that `search` also returns.
+
+        queries: `[layers, batch, seq, heads, head_dim]`. With a float16 payload "exact" is over the rounded keys.
+        """
+        approx = self.search(queries, k)[3]
+        queries = np.asarray(queries, np.float32)
+        group = queries.shape[3] // self.kv_heads
+        hits = total = 0
+        with self._lock:
+            ids = np.arange(self.oldest, self.written, dtype=np.int64)
+            for layer in range(self.num_layers):
+                for row in range(self.batch):
+                    kept = ids[self.mask[row, ids % self.config.capacity]]
+                    for head in range(self.kv_heads):
+                        q = queries[layer, row, :, head * group : (head + 1) * group].reshape(-1, self.head_dim)
+                        keys = self.keys[layer, row, kept % self.config.capacity, head]
+                        exact = exact_search(q, keys, kept, k)[1]
+                        got = approx[layer, row, :, head * group : (head + 1) * group].reshape(-1, k)
+                        hits += int(((got[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).sum())
+                        total += int((exact >= 0).sum())
+        return hits / max(total, 1)
+
+    def _header(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_layers": self.num_layers,
+            "batch": self.batch,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes `path/`: one `index_<slot>.faiss` per index, keys/values/mask `.npy`, and `header.json` (last)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for slot in range(len(self._indexes)):
+                faiss.write_index(self._host(slot), str(path / f"index_{slot}.faiss"))
+            np.save(path / "keys.npy", self.keys)
+            np.save(path / "values.npy", self.values)
+            np.save(path / "mask.npy", self.mask)
+            header = self._header() | {"written": self.written, "trained": self._trained.tolist()}
+            (path / "header.json").write_text(json.dumps(header, indent=1))
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Replaces this store's contents with a memory saved by `save`; shape and config must match.
+
+        Only the search-time / placement fields in `LOAD_FREE_FIELDS`, and fields the index type does not use (nlist,
+        train_size for non-IVF; hnsw_m for non-HNSW), may differ; this store's values are used.
+        """
+        path = Path(path)
+        if not (path / "header.json").is_file():
+            raise ValueError(f"{path} holds no saved kNN memory (header.json missing)")
+        saved = json.loads((path / "header.json").read_text())
+        mine = self._header()
+        for name in ("format_version", "num_layers", "batch", "kv_heads", "head_dim"):
+            if saved.get(name) != mine[name]:
+                raise ValueError(f"saved memory has {name}={saved.get(name)}, this store has {name}={mine[name]}")
+        for name, value in mine["config"].items():
+            unused = (name in ("nlist", "train_size") and not self.config.is_ivf) or (
+                name == "hnsw_m" and self.config.index_type != "hnsw"
+            )
+            if name not in LOAD_FREE_FIELDS and not unused and saved["config"].get(name) != value:
+                raise ValueError(
+                    f"saved memory has config.{name}={saved['config'].get(name)!r}, this store has {value!r}"
+                )
+        with self._lock:
+            self._trained = np.array(saved["trained"], bool)
+            self._indexes = [
+                self._device(faiss.read_index(str(path / f"index_{slot}.faiss")), bool(trained))
+                for slot, trained in enumerate(self._trained)
+            ]
+            self.keys[...] = np.load(path / "keys.npy", mmap_mode="r")
+            self.values[...] = np.load(path / "values.npy", mmap_mode="r")
+            self.mask[...] = np.load(path / "mask.npy")
+            self.written = int(saved["written"])
