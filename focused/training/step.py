@@ -53,15 +53,18 @@ def make_train_step(
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params: nnx.State, opt_state: Any, batch: Batch):
-        micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+        if accum_steps == 1:
+            (loss_sum, (count, correct)), grads = grad_fn(params, batch)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
 
-        def body(carry, mb):
-            grads, loss_sum, count, correct = carry
-            (loss, (n, c)), g = grad_fn(params, mb)
-            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n, correct + c), None
+            def body(carry, mb):
+                grads, loss_sum, count, correct = carry
+                (loss, (n, c)), g = grad_fn(params, mb)
+                return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + n, correct + c), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, count, correct), _ = jax.lax.scan(body, (zeros, 0.0, 0.0, 0.0), micro)
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (grads, loss_sum, count, correct), _ = jax.lax.scan(body, (zeros, 0.0, 0.0, 0.0), micro)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
