@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,15 @@ class RetrievedMemory(NamedTuple):
     keys: jax.Array
     values: jax.Array
     mask: jax.Array
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """A kNN memory searched with the layer's queries (e.g. FAISS on the host, `focused.memory.knn`)."""
+
+    def retrieve(self, queries: jax.Array) -> RetrievedMemory:
+        """queries `[batch, seq, heads, head_dim]` (rotated as for attention) → each query's neighbours."""
+        ...
 
 
 def causal_mask(key_valid: jax.Array) -> jax.Array:

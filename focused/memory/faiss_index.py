@@ -274,11 +274,15 @@ class KnnMemoryStore:
             params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
         return index.search(queries, k, params=params)[1]
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, layer: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Top-k memory entries by inner product for every query.
 
         Args:
           queries: `[layers, batch, seq, heads, head_dim]`; query head h searches kv head h // (heads // kv_heads).
+            With `layer` given, `[1, batch, seq, heads, head_dim]`: the queries of that one memory layer (a model
+            runs its memory layers one after another, each searching its own indexes).
           k: neighbours per query.
         Returns:
           keys, values `[layers, batch, seq, heads, k, head_dim]` (payload_dtype, zeros where masked),
@@ -286,10 +290,12 @@ class KnnMemoryStore:
           neighbours are sorted by decreasing inner product.
         """
         queries = np.asarray(queries, np.float32)
-        if queries.ndim != 5 or queries.shape[:2] != (self.num_layers, self.batch) or queries.shape[4] != self.head_dim:
+        n_layers = self.num_layers if layer is None else 1
+        if layer is not None and not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} is outside the store's {self.num_layers} memory layers")
+        if queries.ndim != 5 or queries.shape[:2] != (n_layers, self.batch) or queries.shape[4] != self.head_dim:
             raise ValueError(
-                f"queries have shape {queries.shape}, expected ({self.num_layers}, {self.batch}, seq, heads, "
-                f"{self.head_dim})"
+                f"queries have shape {queries.shape}, expected ({n_layers}, {self.batch}, seq, heads, {self.head_dim})"
             )
         layers, batch, seq, heads, dim = queries.shape
         if heads % self.kv_heads:
@@ -302,16 +308,18 @@ class KnnMemoryStore:
         out_values = np.zeros((*ids.shape, dim), self.values.dtype)
         with self._lock:
             self.search_calls += 1
-            for layer in range(layers):
+            for out_layer in range(layers):
+                store_layer = out_layer if layer is None else layer
                 for row in range(batch):
                     for head in range(self.kv_heads):
                         heads_of = slice(head * group, (head + 1) * group)
-                        x = np.ascontiguousarray(queries[layer, row, :, heads_of].reshape(seq * group, dim))
-                        found = self._search_one(self._slot(layer, row, head), x, k).reshape(seq, group, k)
+                        x = np.ascontiguousarray(queries[out_layer, row, :, heads_of].reshape(seq * group, dim))
+                        slot = self._slot(store_layer, row, head)
+                        found = self._search_one(slot, x, k).reshape(seq, group, k)
                         slots = np.where(found >= 0, found % self.config.capacity, 0)
-                        ids[layer, row, :, heads_of] = found
-                        out_keys[layer, row, :, heads_of] = self.keys[layer, row, slots, head]
-                        out_values[layer, row, :, heads_of] = self.values[layer, row, slots, head]
+                        ids[out_layer, row, :, heads_of] = found
+                        out_keys[out_layer, row, :, heads_of] = self.keys[store_layer, row, slots, head]
+                        out_values[out_layer, row, :, heads_of] = self.values[store_layer, row, slots, head]
         mask = ids >= 0
         out_keys[~mask] = 0
         out_values[~mask] = 0

@@ -30,12 +30,19 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
 
-from focused.memory.faiss_index import KnnMemoryStore
+from focused.memory.core import RetrievedMemory
+from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+from focused.model.llama import LlamaForCausalLM
 
 
 class KnnResult(NamedTuple):
@@ -55,17 +62,17 @@ class KnnResult(NamedTuple):
 
 
 def search_result_shapes(
-    store: KnnMemoryStore, queries_shape: tuple[int, ...], k: int
+    store: KnnMemoryStore, queries_shape: tuple[int, ...], k: int, layer: int | None = None
 ) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
     """Declared results of `search_in_jit` for queries `[layers, batch, seq, heads, head_dim]`.
 
     Returns ShapeDtypeStructs for keys, values `[layers, batch, seq, heads, k, head_dim]` (the store's payload
     dtype) and mask `[layers, batch, seq, heads, k]` bool. Raises ValueError for queries the store cannot serve.
     """
-    expect = (store.num_layers, store.batch)
+    expect = (store.num_layers if layer is None else 1, store.batch)
     if len(queries_shape) != 5 or tuple(queries_shape[:2]) != expect or queries_shape[4] != store.head_dim:
         raise ValueError(
-            f"queries have shape {tuple(queries_shape)}, expected ({store.num_layers}, {store.batch}, seq, heads, "
+            f"queries have shape {tuple(queries_shape)}, expected ({expect[0]}, {store.batch}, seq, heads, "
             f"{store.head_dim})"
         )
     if queries_shape[3] % store.kv_heads:
@@ -77,22 +84,23 @@ def search_result_shapes(
     return payload, payload, jax.ShapeDtypeStruct((*queries_shape[:4], k), np.dtype(bool))
 
 
-def search_in_jit(store: KnnMemoryStore, queries: jax.Array, k: int) -> KnnResult:
+def search_in_jit(store: KnnMemoryStore, queries: jax.Array, k: int, layer: int | None = None) -> KnnResult:
     """Top-k memory keys/values for every query, callable inside `jax.jit` (one host callback per call).
 
     Args:
       store: the host memory; query head h searches kv head h // (heads // kv_heads).
       queries: `[layers, batch, seq, heads, head_dim]` (any float dtype; searched as float32, no gradient).
       k: neighbours per query, a static Python int.
+      layer: search only this memory layer's indexes; queries are then `[1, batch, seq, heads, head_dim]`.
     Returns:
       `KnnResult`: keys, values `[layers, batch, seq, heads, k, head_dim]` in the store's payload dtype (zeros where
       masked) and mask `[layers, batch, seq, heads, k]` bool (False where the memory had fewer than k valid
       entries); neighbours are sorted by decreasing inner product.
     """
-    shapes = search_result_shapes(store, tuple(queries.shape), k)
+    shapes = search_result_shapes(store, tuple(queries.shape), k, layer)
 
     def host_search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keys, values, mask, _ = store.search(np.asarray(q, np.float32), k)
+        keys, values, mask, _ = store.search(np.asarray(q, np.float32), k, layer)
         return keys, values, mask
 
     found = jax.pure_callback(host_search, shapes, jax.lax.stop_gradient(queries), vmap_method="sequential")
@@ -109,3 +117,74 @@ def add_window(store: KnnMemoryStore, keys: jax.Array, values: jax.Array, valid:
     if isinstance(keys, jax.core.Tracer) or isinstance(values, jax.core.Tracer):
         raise ValueError("add_window was called inside a traced function: add to the kNN memory from the host")
     store.add(np.asarray(keys, np.float32), np.asarray(values), np.asarray(valid).astype(bool))
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True, eq=False)
+class KnnRetriever:
+    """The memory of one memory layer as a FAISS store searched from inside the jitted forward pass.
+
+    Static under jit (hashed by identity): the store's contents change between calls, not the traced program.
+    """
+
+    store: KnnMemoryStore
+    layer: int  # index among the model's memory layers (0 = config.mem_layers[0])
+    k: int
+
+    def retrieve(self, queries: jax.Array) -> RetrievedMemory:
+        """queries `[batch, seq, heads, head_dim]` → top-k keys/values/mask `[batch, seq, heads, k, ...]`."""
+        found = search_in_jit(self.store, queries[None], self.k, self.layer)
+        return RetrievedMemory(found.keys[0], found.values[0], found.mask[0])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "retrievers"))
+def _knn_window_step(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    input_ids: jax.Array,
+    valid: jax.Array,
+    retrievers: tuple[KnnRetriever, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, params)
+    out = model(input_ids, attention_mask=valid, memory=retrievers)
+    keys = jnp.stack([kv.keys for kv in out.memory_kv])  # [mem_layers, batch, seq, kv_heads, head_dim]
+    values = jnp.stack([kv.values for kv in out.memory_kv])
+    return out.logits, keys, values
+
+
+def new_store(model: LlamaForCausalLM, batch: int, config: KnnIndexConfig) -> KnnMemoryStore:
+    """An empty FAISS memory shaped for `model`'s memory layers."""
+    cfg = model.config
+    return KnnMemoryStore(len(cfg.mem_layers), batch, cfg.kv_heads, cfg.head_size, config)
+
+
+def forward_long_knn(
+    model: LlamaForCausalLM,
+    input_ids: np.ndarray | jax.Array,
+    store: KnnMemoryStore,
+    k: int,
+    attention_mask: np.ndarray | jax.Array | None = None,
+    *,
+    progress: bool = False,
+) -> np.ndarray:
+    """Window-by-window forward where memory layers search `store` (FAISS) for each query's k nearest keys.
+
+    After each window, its raw keys/values are added to the store from the host (never inside the jitted step),
+    so each window sees exactly the earlier windows. Returns logits `[batch, n, vocab]` float32.
+    """
+    cfg = model.config
+    window = cfg.max_position_embeddings
+    ids = np.asarray(input_ids, np.int32)
+    batch, n = ids.shape
+    valid = np.ones((batch, n), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if store.batch != batch:
+        raise ValueError(f"the kNN store holds {store.batch} rows but the input has {batch}")
+    graphdef, params = nnx.split(model)
+    retrievers = tuple(KnnRetriever(store, i, k) for i in range(len(cfg.mem_layers)))
+    logits = []
+    for start in tqdm(range(0, n, window), desc="windows", disable=not progress, unit="win"):
+        stop = min(start + window, n)
+        out, keys, values = _knn_window_step(graphdef, params, ids[:, start:stop], valid[:, start:stop], retrievers)
+        add_window(store, keys, values, valid[:, start:stop])
+        logits.append(np.asarray(out))
+    return np.concatenate(logits, axis=1)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 from flax import nnx
 
-from focused.memory.core import MemoryBlock, memory_attention
+from focused.memory.core import MemoryBlock, Retriever, memory_attention
 from focused.memory.crossbatch import CrossBatch
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.rope import apply_rope
@@ -62,14 +62,14 @@ class Attention(nnx.Module):
         x: jax.Array,
         rope: RopeTables,
         local_mask: jax.Array,
-        memory: MemoryBlock | CrossBatch | None = None,
+        memory: MemoryBlock | CrossBatch | Retriever | None = None,
         cache: WindowKV | None = None,
         cache_index: jax.Array | int = 0,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
         """x `[batch, seq, hidden]`; local_mask `[batch, seq, keys]` bool where keys = seq, or the cache size.
 
-        memory: a MemoryBlock (inference), a CrossBatch spec (training; built from this window's own raw keys
-        and values of earlier rows), or None.
+        memory: a MemoryBlock (inference, dense or top-k), a Retriever (inference, kNN index), a CrossBatch spec
+        (training; built from this window's own raw keys and values of earlier rows), or None.
         cache: this layer's local cache, raw keys/values `[batch, cache_size, kv_heads, head_dim]`; the window's
         keys/values are written at `cache_index` and attention runs over the whole buffer (masked by local_mask).
         Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None,
@@ -93,6 +93,8 @@ class Attention(nnx.Module):
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
             memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
+        elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
+            memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
         out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk)
         return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
