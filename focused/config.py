@@ -11,7 +11,7 @@ import ast
 import dataclasses
 import os
 import runpy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -45,6 +45,19 @@ def section(instance: Any) -> ml_collections.ConfigDict:
             value = dict(value)
         out[field.name] = value
     return out
+
+
+def checked_fields(cls: type, values: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """`values` (a dict or ConfigDict) as a plain dict, after checking every key names a field of dataclass `cls`.
+
+    An unknown key is a one-line ValueError naming it, the section (`where`, e.g. "config.train") and the valid keys.
+    """
+    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {', '.join(valid)}")
+    return values
 
 
 def _valid_keys(config: ml_collections.ConfigDict, dotted: str) -> tuple[str, list[str]]:

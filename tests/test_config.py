@@ -35,7 +35,7 @@ def test_bad_value_and_missing_file():
 
 
 def test_model_config_rejects_unknown_and_inconsistent_fields():
-    with pytest.raises(ValueError, match="unknown model config key"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \[.n_layers.\] in the model config"):
         LlamaConfig.from_dict({"hidden_size": 8, "n_layers": 2})
     with pytest.raises(ValueError, match="mem_layers"):
         LlamaConfig(num_hidden_layers=2, mem_layers=(5,))

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from focused.data.sources import ShuffledOrder, _checked_fields, document_order
+from focused.config import checked_fields
+from focused.data.sources import ShuffledOrder, document_order
 
 Batch = dict[str, np.ndarray]
 STATE_FORMAT = 1
@@ -79,7 +80,7 @@ class PackingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PackingConfig:
         """Build from a dict or an ``ml_collections.ConfigDict`` section; unknown keys are an error."""
-        return cls(**_checked_fields(cls, values))
+        return cls(**checked_fields(cls, values))
 
 
 @dataclasses.dataclass

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from focused.config import checked_fields
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_SOURCES = ("focused:moby_dick", "focused:sotu", "focused:demo")
 GRANULARITIES = ("document", "line")
@@ -69,17 +71,7 @@ class DataSourceConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DataSourceConfig:
         """Build from a dict or an ``ml_collections.ConfigDict`` section; unknown keys are an error."""
-        return cls(**_checked_fields(cls, values))
-
-
-def _checked_fields(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` as a plain dict after checking every key names a field of the dataclass ``cls``."""
-    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys are {valid}")
-    return values
+        return cls(**checked_fields(cls, values))
 
 
 class Documents(Sequence[str]):

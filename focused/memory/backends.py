@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from focused.config import checked_fields
 from focused.memory.dense import POLICIES, forward_long
 from focused.memory.faiss_index import KnnIndexConfig
 from focused.memory.knn import forward_long_knn, new_store
@@ -51,11 +52,7 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MemoryConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in config.memory; valid keys: {', '.join(names)}")
-        return cls(**dict(values))
+        return cls(**checked_fields(cls, values, "config.memory"))
 
 
 def run_long(

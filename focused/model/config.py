@@ -12,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from focused.config import checked_fields
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -101,10 +103,7 @@ class LlamaConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LlamaConfig:
         """Builds a config from a mapping; an unknown key is an error that lists the valid ones."""
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {', '.join(cls.field_names())}")
-        return cls(**dict(values))
+        return cls(**checked_fields(cls, values, "the model config"))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

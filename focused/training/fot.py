@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from focused.config import checked_fields
 from focused.memory.crossbatch import CrossBatch
 
 
@@ -39,11 +40,7 @@ class FotConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FotConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in config.fot; valid keys: {', '.join(names)}")
-        return cls(**dict(values))
+        return cls(**checked_fields(cls, values, "config.fot"))
 
     def check(self, has_memory_layers: bool) -> None:
         if max(self.cross_batch_range, self.initial_range, self.eval_range) > 0 and not has_memory_layers:

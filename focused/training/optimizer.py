@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import optax
 
+from focused.config import checked_fields
+
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -56,11 +58,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in config.train; valid keys: {', '.join(names)}")
-        return cls(**dict(values))
+        return cls(**checked_fields(cls, values, "config.train"))
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:

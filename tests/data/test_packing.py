@@ -209,7 +209,7 @@ def test_config_errors() -> None:
         PackingConfig(batch_size=4, window=8, num_epochs=0)
     config = PackingConfig.from_dict({"batch_size": 8, "window": 16, "k": 4, "seed": 3})
     assert config.num_lanes == 2
-    with pytest.raises(ValueError, match=r"unknown PackingConfig keys \['kk'\]; valid keys are \['batch_size'"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['kk'\] in PackingConfig; valid keys: batch_size"):
         PackingConfig.from_dict({"batch_size": 8, "window": 16, "kk": 4})
 
 

@@ -50,7 +50,7 @@ def test_config_from_dict_and_validation() -> None:
         "text",
     )
     assert DataSourceConfig.from_dict({"path": "json", "data_files": ["a", "b"]}).data_files == ("a", "b")
-    with pytest.raises(ValueError, match=r"unknown DataSourceConfig keys \['txt_field'\]; valid keys are"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['txt_field'\] in DataSourceConfig; valid keys:"):
         DataSourceConfig.from_dict({"path": "x", "txt_field": "body"})
     with pytest.raises(ValueError, match="text_granularity"):
         DataSourceConfig(path="x", text_granularity="paragraph")
