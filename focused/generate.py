@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from focused.memory.backends import MemoryConfig
 from focused.memory.dense import (
     DenseMemoryState,
     append_window,
@@ -36,15 +37,18 @@ from focused.memory.dense import (
     memory_blocks,
     window_step,
 )
+from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+from focused.memory.knn import KnnRetriever, add_window, knn_window_step, new_store
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.llama import LlamaForCausalLM, LocalCache
 
 
 class GenerationState(NamedTuple):
-    memory: DenseMemoryState
+    memory: DenseMemoryState | KnnMemoryStore  # on-device buffer (dense / topk) or host FAISS store (faiss)
     cache: LocalCache
     logits: jax.Array  # [batch, vocab] float32: the next-token logits after the last token seen
+    memory_cfg: MemoryConfig
 
 
 def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
@@ -59,30 +63,64 @@ def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "retrievers"), donate_argnames=("cache",))
 def _cache_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
-    memory: DenseMemoryState,
+    memory: DenseMemoryState | None,
     cache: LocalCache,
     input_ids: jax.Array,
     valid: jax.Array,
+    top_k: int | None = None,
+    retrievers: tuple[KnnRetriever, ...] | None = None,
 ) -> tuple[jax.Array, LocalCache]:
     """Runs `[batch, t]` tokens through the model into the local cache (attending to memory and the cache)."""
     model = nnx.merge(graphdef, params)
-    out = model(input_ids, attention_mask=valid, memory=memory_blocks(memory), cache=cache)
+    blocks = retrievers if retrievers is not None else memory_blocks(memory, top_k)
+    out = model(input_ids, attention_mask=valid, memory=blocks, cache=cache)
     return out.logits, out.cache
 
 
-@functools.partial(jax.jit, static_argnames=("mem_layers",), donate_argnames=("memory", "cache"))
-def _flush(
-    memory: DenseMemoryState, cache: LocalCache, mem_layers: tuple[int, ...]
-) -> tuple[DenseMemoryState, LocalCache]:
-    """Moves the whole (full) local cache into memory (memory layers) and empties it."""
+@functools.partial(jax.jit, static_argnames=("mem_layers",), donate_argnames=("memory",))
+def _flush_dense(memory: DenseMemoryState, cache: LocalCache, mem_layers: tuple[int, ...]) -> DenseMemoryState:
     kv = tuple(WindowKV(cache.keys[i], cache.values[i]) for i in mem_layers)
-    memory = append_window(memory, kv, cache.valid)
+    return append_window(memory, kv, cache.valid)
+
+
+def _flush(
+    memory: DenseMemoryState | KnnMemoryStore, cache: LocalCache, mem_layers: tuple[int, ...]
+) -> tuple[DenseMemoryState | KnnMemoryStore, LocalCache]:
+    """Moves the whole (full) local cache into memory (memory layers) and empties it."""
+    if isinstance(memory, KnnMemoryStore):
+        layers = np.asarray(mem_layers, np.int32)
+        add_window(memory, cache.keys[layers], cache.values[layers], cache.valid)
+    else:
+        memory = _flush_dense(memory, cache, mem_layers)
     empty = cache._replace(valid=jnp.zeros_like(cache.valid), length=jnp.zeros_like(cache.length))
     return memory, empty
+
+
+def _stored(memory: DenseMemoryState | KnnMemoryStore) -> tuple[int, int]:
+    """(tokens written, capacity) of either kind of memory."""
+    if isinstance(memory, KnnMemoryStore):
+        return memory.written, memory.config.capacity
+    return int(memory.length), memory.mask.shape[1]
+
+
+def _run(
+    model: LlamaForCausalLM,
+    memory: DenseMemoryState | KnnMemoryStore,
+    cache: LocalCache,
+    ids: jax.Array,
+    valid: jax.Array,
+    memory_cfg: MemoryConfig,
+) -> tuple[jax.Array, LocalCache]:
+    graphdef, params = nnx.split(model)
+    if isinstance(memory, KnnMemoryStore):
+        retrievers = tuple(KnnRetriever(memory, i, memory_cfg.top_k) for i in range(len(model.config.mem_layers)))
+        return _cache_step(graphdef, params, None, cache, ids, valid, retrievers=retrievers)
+    top_k = memory_cfg.top_k if memory_cfg.backend == "topk" else None
+    return _cache_step(graphdef, params, memory, cache, ids, valid, top_k)
 
 
 def ingest(
@@ -92,14 +130,17 @@ def ingest(
     *,
     capacity: int | None = None,
     policy: str = "error",
+    memory_cfg: MemoryConfig | None = None,
     progress: bool = True,
 ) -> GenerationState:
     """Reads a (long) prompt `[batch, n]`: prefix windows into memory, the last `last_context_length` tokens into
     the local cache. `attention_mask` `[batch, n]` marks padding (left padding for prompts of different lengths).
 
     capacity: memory slots per row (default: enough for the prompt plus one more window).
+    memory_cfg: the memory backend (dense by default; topk, or faiss for memories that do not fit the device).
     """
     cfg = model.config
+    memory_cfg = memory_cfg or MemoryConfig(policy=policy)
     window, last = cfg.max_position_embeddings, cfg.last_context_length
     input_ids = jnp.asarray(input_ids, jnp.int32)
     batch, n = input_ids.shape
@@ -107,32 +148,39 @@ def ingest(
         raise ValueError("the prompt is empty: give at least one token")
     valid = jnp.ones((batch, n), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     prefix = max(n - last, 0)
-    capacity = capacity or max(-(-(prefix + window) // window) * window, window)
-    memory = init_memory(cfg, batch, capacity)
+    capacity = capacity or memory_cfg.capacity or max(-(-(prefix + window) // window) * window, window)
     graphdef, params = nnx.split(model)
+    if memory_cfg.backend == "faiss":
+        index = KnnIndexConfig(**{**dict(memory_cfg.index), "capacity": capacity, "policy": memory_cfg.policy})
+        memory = new_store(model, batch, index)
+    else:
+        memory = init_memory(cfg, batch, capacity)
+    top_k = memory_cfg.top_k if memory_cfg.backend == "topk" else None
     for start in tqdm(range(0, prefix, window), desc="ingest", unit="win", disable=not progress):
         stop = min(start + window, prefix)
-        check_capacity(start, stop - start, capacity, policy)
-        _, memory = window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop])
-    logits, cache = _cache_step(
-        graphdef, params, memory, init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:]
-    )
-    return GenerationState(memory, cache, logits[:, -1])
+        check_capacity(start, stop - start, capacity, memory_cfg.policy)
+        ids, ok = input_ids[:, start:stop], valid[:, start:stop]
+        if isinstance(memory, KnnMemoryStore):
+            retrievers = tuple(KnnRetriever(memory, i, memory_cfg.top_k) for i in range(len(cfg.mem_layers)))
+            _, keys, values = knn_window_step(graphdef, params, ids, ok, retrievers)
+            add_window(memory, keys, values, ok)
+        else:
+            _, memory = window_step(graphdef, params, memory, ids, ok, top_k)
+    logits, cache = _run(model, memory, init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:], memory_cfg)
+    return GenerationState(memory, cache, logits[:, -1], memory_cfg)
 
 
-def decode(
-    model: LlamaForCausalLM, state: GenerationState, tokens: jax.Array, *, policy: str = "error"
-) -> GenerationState:
+def decode(model: LlamaForCausalLM, state: GenerationState, tokens: jax.Array) -> GenerationState:
     """Feeds one token per row `[batch]`, moving a full local cache to memory first (LongLLaMA's rule)."""
     cfg = model.config
     memory, cache = state.memory, state.cache
     if int(cache.length) + 1 > cfg.max_position_embeddings:
-        check_capacity(int(memory.length), cfg.max_position_embeddings, memory.mask.shape[1], policy)
+        written, capacity = _stored(memory)
+        check_capacity(written, cfg.max_position_embeddings, capacity, state.memory_cfg.policy)
         memory, cache = _flush(memory, cache, cfg.mem_layers)
-    graphdef, params = nnx.split(model)
     ids = jnp.asarray(tokens, jnp.int32)[:, None]
-    logits, cache = _cache_step(graphdef, params, memory, cache, ids, jnp.ones_like(ids, bool))
-    return GenerationState(memory, cache, logits[:, -1])
+    logits, cache = _run(model, memory, cache, ids, jnp.ones_like(ids, bool), state.memory_cfg)
+    return GenerationState(memory, cache, logits[:, -1], state.memory_cfg)
 
 
 @functools.partial(jax.jit, static_argnames=("temperature", "top_p"))
@@ -163,6 +211,7 @@ def generate(
     eos_token_id: int | None = None,
     capacity: int | None = None,
     policy: str = "error",
+    memory_cfg: MemoryConfig | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """Generates `max_new_tokens` after each prompt row; returns `[batch, max_new_tokens]` int32 (rows that hit
@@ -172,7 +221,9 @@ def generate(
     n = np.shape(input_ids)[1]
     window = model.config.max_position_embeddings
     capacity = capacity or max(-(-(n + max_new_tokens + window) // window) * window, window)
-    state = ingest(model, input_ids, attention_mask, capacity=capacity, policy=policy, progress=progress)
+    state = ingest(
+        model, input_ids, attention_mask, capacity=capacity, policy=policy, memory_cfg=memory_cfg, progress=progress
+    )
     key = jax.random.key(seed)
     out = []
     done = np.zeros(np.shape(input_ids)[0], bool)
@@ -185,7 +236,7 @@ def generate(
         out.append(token)
         if done.all() or len(out) == max_new_tokens:
             break
-        state = decode(model, state, jnp.asarray(token), policy=policy)
+        state = decode(model, state, jnp.asarray(token))
     tokens = np.stack(out, axis=1).astype(np.int32)
     if tokens.shape[1] < max_new_tokens:
         tokens = np.pad(tokens, ((0, 0), (0, max_new_tokens - tokens.shape[1])), constant_values=eos_token_id or 0)

@@ -79,3 +79,25 @@ def test_prompt_beyond_capacity_is_an_error():
         ingest(model, np.ones((1, 60), np.int32), capacity=16, progress=False)
     with pytest.raises(ValueError, match="prompt is empty"):
         ingest(model, np.ones((1, 0), np.int32), progress=False)
+
+
+def test_generation_with_topk_and_faiss_memory_equals_dense():
+    from focused.memory.backends import MemoryConfig
+
+    config = tiny_config(max_position_embeddings=16, last_context_length=8, mem_layers=(1,))
+    model = build(config, seed=38)
+    ids = np.random.default_rng(39).integers(0, config.vocab_size, size=(2, 70))
+    runs = {}
+    for name, memory_cfg in {
+        "dense": MemoryConfig(),
+        "topk": MemoryConfig(backend="topk", top_k=96),
+        "faiss": MemoryConfig(backend="faiss", top_k=96, index={"index_type": "flat"}),
+    }.items():
+        state = ingest(model, ids[:, :40], capacity=96, memory_cfg=memory_cfg, progress=False)
+        logits = [np.asarray(state.logits)]
+        for t in range(40, 69):  # overflows the local cache into memory twice
+            state = decode(model, state, jnp.asarray(ids[:, t]))
+            logits.append(np.asarray(state.logits))
+        runs[name] = np.stack(logits)
+    np.testing.assert_allclose(runs["topk"], runs["dense"], atol=2e-5)
+    np.testing.assert_allclose(runs["faiss"], runs["dense"], atol=2e-5)

@@ -138,7 +138,7 @@ class KnnRetriever:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "retrievers"))
-def _knn_window_step(
+def knn_window_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     input_ids: jax.Array,
@@ -184,7 +184,7 @@ def forward_long_knn(
     logits = []
     for start in tqdm(range(0, n, window), desc="windows", disable=not progress, unit="win"):
         stop = min(start + window, n)
-        out, keys, values = _knn_window_step(graphdef, params, ids[:, start:stop], valid[:, start:stop], retrievers)
+        out, keys, values = knn_window_step(graphdef, params, ids[:, start:stop], valid[:, start:stop], retrievers)
         add_window(store, keys, values, valid[:, start:stop])
         logits.append(np.asarray(out))
     return np.concatenate(logits, axis=1)
