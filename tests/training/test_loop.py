@@ -110,3 +110,23 @@ def test_batch_not_divisible_by_k_is_a_config_error(tmp_path):
     )
     with pytest.raises(ValueError, match="not divisible by config.data.k=4"):
         train(config)
+
+
+def test_eval_export_and_init_from_the_exported_folder(tmp_path):
+    run = tmp_path / "run"
+    hf = tmp_path / "hf"
+    config = micro_config(run, 2, eval_every=2, eval_batches=1)
+    config.unlock()
+    config.data.eval_source.path = "focused:sotu"
+    config.export_dir = str(hf)
+    train(config)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert len(evals) == 1 and evals[0]["step"] == 2 and evals[0]["perplexity"] > 1
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "longllama"
+    # continue from the exported Hugging Face folder, as LongLLaMA was made from OpenLLaMA
+    again = micro_config(tmp_path / "again", 1, warmup_steps=0)
+    again.unlock()
+    again.init_from = str(hf)
+    last = train(again)
+    assert last["loss"] < 8.25  # starts from the trained weights (a fresh model starts at ln 4096 = 8.32)
