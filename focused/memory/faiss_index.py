@@ -48,7 +48,7 @@ class KnnIndexConfig:
     capacity: tokens kept per batch row.   policy: "error" or "drop_oldest" (removes the oldest ids).
     payload_dtype: storage of the returned key/value copies, "float32" or "float16" (the index keeps float32).
     num_threads: OpenMP threads for FAISS (None: all cores this process may use). When other busy processes share
-      the cores, use fewer: spinning OpenMP threads then made flat search 10-30x slower (bench/RESULTS_faiss.md).
+      the cores, use fewer: spinning OpenMP threads then made flat search 10-30x slower (bench/RESULTS.md, section 3).
     """
 
     index_type: str = "flat"
