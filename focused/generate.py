@@ -35,6 +35,7 @@ from focused.memory.dense import (
     check_capacity,
     init_memory,
     memory_blocks,
+    memory_view,
     window_step,
 )
 from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
@@ -63,7 +64,7 @@ def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "retrievers"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "retrievers", "view"), donate_argnames=("cache",))
 def _cache_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -73,10 +74,11 @@ def _cache_step(
     valid: jax.Array,
     top_k: int | None = None,
     retrievers: tuple[KnnRetriever, ...] | None = None,
+    view: int | None = None,
 ) -> tuple[jax.Array, LocalCache]:
     """Runs `[batch, t]` tokens through the model into the local cache (attending to memory and the cache)."""
     model = nnx.merge(graphdef, params)
-    blocks = retrievers if retrievers is not None else memory_blocks(memory, top_k)
+    blocks = retrievers if retrievers is not None else memory_blocks(memory, top_k, view)
     out = model(input_ids, attention_mask=valid, memory=blocks, cache=cache)
     return out.logits, out.cache
 
@@ -120,7 +122,9 @@ def _run(
         retrievers = tuple(KnnRetriever(memory, i, memory_cfg.top_k) for i in range(len(model.config.mem_layers)))
         return _cache_step(graphdef, params, None, cache, ids, valid, retrievers=retrievers)
     top_k = memory_cfg.top_k if memory_cfg.backend == "topk" else None
-    return _cache_step(graphdef, params, memory, cache, ids, valid, top_k)
+    written, capacity = _stored(memory)
+    view = memory_view(written, capacity, model.config.max_position_embeddings)
+    return _cache_step(graphdef, params, memory, cache, ids, valid, top_k, view=view)
 
 
 def ingest(
@@ -165,7 +169,7 @@ def ingest(
             _, keys, values = knn_window_step(graphdef, params, ids, ok, retrievers)
             add_window(memory, keys, values, ok)
         else:
-            _, memory = window_step(graphdef, params, memory, ids, ok, top_k)
+            _, memory = window_step(graphdef, params, memory, ids, ok, top_k, memory_view(start, capacity, window))
     logits, cache = _run(model, memory, init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:], memory_cfg)
     return GenerationState(memory, cache, logits[:, -1], memory_cfg)
 

@@ -51,13 +51,27 @@ def init_memory(config: LlamaConfig, batch: int, capacity: int) -> DenseMemorySt
     )
 
 
-def memory_blocks(state: DenseMemoryState, top_k: int | None = None) -> tuple[MemoryBlock, ...]:
-    """One `MemoryBlock` per memory layer, viewing the whole buffer (empty slots are masked out).
+def memory_blocks(
+    state: DenseMemoryState, top_k: int | None = None, view: int | None = None
+) -> tuple[MemoryBlock, ...]:
+    """One `MemoryBlock` per memory layer over the first `view` slots (default all; empty slots are masked out).
 
     top_k: None = dense attention over all of memory; k = exact top-k on device (the `topk` backend).
     """
     n = state.keys.shape[0]
-    return tuple(MemoryBlock(state.keys[i], state.values[i], state.mask, top_k) for i in range(n))
+    cut = slice(None, view)
+    return tuple(
+        MemoryBlock(state.keys[i][:, cut], state.values[i][:, cut], state.mask[:, cut], top_k) for i in range(n)
+    )
+
+
+def memory_view(written: int, capacity: int, minimum: int) -> int:
+    """How many leading slots attention must look at: the filled ones, rounded up to a power of two (so only
+    log2(capacity) shapes compile), or all of them once the ring buffer has wrapped. Slots past `written` are
+    empty, so leaving them out changes nothing but the cost."""
+    if written >= capacity:
+        return capacity
+    return min(capacity, max(minimum, 1 << max(written - 1, 0).bit_length()))
 
 
 def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], valid: jax.Array) -> DenseMemoryState:
@@ -80,7 +94,7 @@ def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], vali
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "top_k"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "view"), donate_argnames=("state",))
 def window_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -88,10 +102,12 @@ def window_step(
     input_ids: jax.Array,
     valid: jax.Array,
     top_k: int | None = None,
+    view: int | None = None,
 ) -> tuple[jax.Array, DenseMemoryState]:
-    """One window `[batch, seq]` attending to the memory, then appended to it; returns (logits, memory)."""
+    """One window `[batch, seq]` attending to the first `view` memory slots, then appended to the memory;
+    returns (logits, memory)."""
     model = nnx.merge(graphdef, params)
-    out = model(input_ids, attention_mask=valid, memory=memory_blocks(state, top_k))
+    out = model(input_ids, attention_mask=valid, memory=memory_blocks(state, top_k, view))
     return out.logits, append_window(state, out.memory_kv, valid)
 
 
@@ -143,7 +159,9 @@ def forward_long(
     for start in tqdm(starts, desc="windows", disable=not progress, unit="win"):
         stop = min(start + window, n)
         check_capacity(written, stop - start, memory.mask.shape[1], policy)
-        out, memory = window_step(graphdef, params, memory, input_ids[:, start:stop], valid[:, start:stop], top_k)
+        view = memory_view(written, memory.mask.shape[1], window)
+        ids, ok = input_ids[:, start:stop], valid[:, start:stop]
+        out, memory = window_step(graphdef, params, memory, ids, ok, top_k, view)
         written += stop - start
         logits.append(out)
     return jnp.concatenate(logits, axis=1), memory
