@@ -245,11 +245,6 @@ def run_passkey(
     Every prompt is built and checked against the memory capacity before anything is generated.
     """
     memory = memory or MemoryConfig()
-    if memory.backend != "dense":
-        raise ValueError(
-            f"the passkey eval generates with dense memory (focused.generate); config.memory.backend is "
-            f"{memory.backend!r}: set it to 'dense'"
-        )
     window = model.config.max_position_embeddings
     plans = []
     for length in cfg.lengths:
@@ -300,6 +295,7 @@ def _generate(model: LlamaForCausalLM, tokenizer: Tokenizer, memory: MemoryConfi
         attention_mask=b.mask,
         capacity=memory.capacity or None,
         policy=memory.policy,
+        memory_cfg=memory,
         progress=False,
     )
     correct = score(outputs, b.answers)

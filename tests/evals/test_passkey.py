@@ -198,8 +198,6 @@ def test_bad_settings_are_clear_errors(tok):
     model = tiny_model()
     with pytest.raises(ValueError, match="passkey length 40 tokens is too short"):
         run_passkey(model, tok, PasskeyConfig(lengths=(40,), trials=1))
-    with pytest.raises(ValueError, match="generates with dense memory"):
-        run_passkey(model, tok, PasskeyConfig(lengths=(128,)), MemoryConfig(backend="faiss"))
     with pytest.raises(ValueError, match="last_context_length=100 exceeds the checkpoint's window 64"):
         run_passkey(model, tok, PasskeyConfig(lengths=(128,), last_context_length=100))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['length'\] in config.passkey"):
@@ -222,3 +220,13 @@ def test_a_model_without_memory_layers_gets_its_whole_window_as_local_context(to
     ((shape, real, last, new),) = seen
     assert last == 128 - new + 1 and shape == (1, last) and real == last
     assert model.config.last_context_length == 16
+
+
+def test_faiss_and_topk_memories_give_the_dense_answers(tok):
+    """k covering the whole memory: every backend generates exactly the dense outputs."""
+    model = tiny_model(seed=3)
+    cfg = PasskeyConfig(lengths=(256,), trials=2)
+    dense = run_passkey(model, tok, cfg, MemoryConfig())
+    for memory in (MemoryConfig(backend="topk", top_k=512), MemoryConfig(backend="faiss", top_k=512)):
+        other = run_passkey(model, tok, cfg, memory)
+        assert [t["output"] for t in other[0]["trials"]] == [t["output"] for t in dense[0]["trials"]]
