@@ -26,6 +26,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_documents, load_tokenizer
+from focused.data.synthetic import DictionaryBatches, synthetic_batches
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
 from focused.training import sharding
@@ -82,12 +83,16 @@ def build_model(config: ml_collections.ConfigDict) -> LlamaForCausalLM:
     return fresh
 
 
-def build_data(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict | None = None) -> DocumentPacker:
+def build_data(
+    config: ml_collections.ConfigDict, source: ml_collections.ConfigDict | None = None
+) -> DocumentPacker | DictionaryBatches:
     """The document-aware packer for `config.data.source` (or another source section, e.g. the eval one)."""
     data = config.data
     source = data.source if source is None else source
     if not source.path:
         raise ValueError("config.data.source.path is empty: name a hub dataset, local files, or focused:demo")
+    if source.path.startswith("synthetic:"):  # generated task data (focused.data.synthetic), no tokenizer
+        return synthetic_batches(config, source)
     tokenizer = load_tokenizer(data.tokenizer or None)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(
