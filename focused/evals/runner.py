@@ -22,14 +22,35 @@ import ml_collections
 
 from focused.data.tokenizer import Tokenizer, load_tokenizer
 from focused.evals import passkey, perplexity
-from focused.evals.report import EvalResults, check_writable, write_report
+from focused.evals.report import EvalResults, Series, check_writable, write_report
 from focused.model.llama import LlamaForCausalLM
 
 EvalFn = Callable[[ml_collections.ConfigDict, Sequence["Checkpoint"]], EvalResults]
 
+
+def evaluate_dictionary(config: ml_collections.ConfigDict, checkpoints: Sequence[Checkpoint]) -> EvalResults:
+    """Dictionary lookup accuracy vs memory size for every checkpoint (the task makes token ids: no tokenizer)."""
+    from focused.evals.dictionary import evaluate_dictionary_from_config
+
+    series = []
+    for ckpt in checkpoints:
+        found = evaluate_dictionary_from_config(
+            ckpt.load_model(), config.dictionary.to_dict(), config.memory.to_dict(), progress=config.progress
+        )
+        points = found["results"]
+        x = [float(p["memory_tokens"]) for p in points]
+        series.append(Series(ckpt.label, ckpt.path, x, [p["accuracy"] for p in points], details=points))
+    description = (
+        "Dictionary lookup (key-value retrieval): accuracy of the 4 value tokens of each query after N tokens of "
+        f"definitions, memory backend {config.memory.backend} (k = {config.memory.top_k})"
+    )
+    return EvalResults("dictionary", "accuracy", "memory tokens", description, series)
+
+
 EVALS: dict[str, EvalFn] = {
     "passkey": passkey.evaluate,
     "perplexity": perplexity.evaluate,
+    "dictionary": evaluate_dictionary,
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")

@@ -167,3 +167,27 @@ def test_checkpoints_resolve_to_labels_models_and_tokenizers(saved, tmp_path):
     with pytest.raises(ValueError, match="has 4096 tokens but checkpoint .*small only 1000"):
         Checkpoint(str(too_small), "small").load()
     assert sorted(EVALS) == ["passkey", "perplexity"]
+
+
+def test_dictionary_end_to_end_through_eval_py(tmp_path, capsys):
+    from tests.evals.test_dictionary import tiny_model as dict_model
+
+    fot = save_model(dict_model(seed=2), tmp_path / "dict_fot")
+    out = tmp_path / "dictionary"
+    argv = [
+        "eval.py",
+        "--config",
+        "configs/eval_dictionary.py",
+        f"--config.checkpoints=('{fot}',)",
+        f"--config.out_dir={out}",
+        "--config.progress=False",
+        "--config.dictionary.sizes=(512,1024)",
+        "--config.dictionary.trials=1",
+        "--config.dictionary.task.query_len=64",
+        f"--config.memory.index.values_path={tmp_path / 'memmap'}",
+    ]
+    assert eval_cli.main(argv) == 0, capsys.readouterr().err
+    results = check_outputs(out)
+    assert results["eval"] == "dictionary"
+    (series,) = results["series"]
+    assert series["x"] == [512, 1024] and all(0 <= y <= 1 for y in series["y"])
