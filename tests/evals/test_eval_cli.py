@@ -166,7 +166,7 @@ def test_checkpoints_resolve_to_labels_models_and_tokenizers(saved, tmp_path):
     too_small = save_model(tiny_model(vocab_size=1000), tmp_path / "small")
     with pytest.raises(ValueError, match="has 4096 tokens but checkpoint .*small only 1000"):
         Checkpoint(str(too_small), "small").load()
-    assert sorted(EVALS) == ["passkey", "perplexity"]
+    assert sorted(EVALS) == ["dictionary", "passkey", "perplexity"]
 
 
 def test_dictionary_end_to_end_through_eval_py(tmp_path, capsys):
