@@ -48,3 +48,10 @@ def test_parameter_count_of_longllama_3b():
     model = LlamaConfig.from_dict(config.model.to_dict())
     assert model.head_size == 100 and model.mem_layers == (6, 12, 18)
     assert abs(model.num_parameters() - 3.43e9) < 0.01e9
+
+
+def test_model_config_with_rope_scaling_is_hashable():
+    """The config rides in the model graph, a static jit argument: it must hash even with a rope_scaling dict."""
+    a = LlamaConfig(rope_scaling={"rope_type": "linear", "factor": 4.0})
+    assert hash(a) == hash(a.replace()) and a == a.replace()
+    assert hash(a) != hash(a.replace(rope_scaling={"rope_type": "linear", "factor": 2.0}))

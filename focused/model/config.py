@@ -88,6 +88,11 @@ class LlamaConfig:
                 f"({self.max_position_embeddings})"
             )
 
+    def __hash__(self) -> int:
+        """Hashable although `rope_scaling` is a dict: the model graph, static under jit, carries this config."""
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in values))
+
     @property
     def kv_heads(self) -> int:
         return self.num_key_value_heads or self.num_attention_heads
