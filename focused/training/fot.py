@@ -1,8 +1,11 @@
 """FoT training settings (`config.fot`) and the schedule of the CrossBatch range (the paper's d curriculum).
 
-In the paper's notation d = 1 + r is the number of contexts a memory layer sees. The dictionary-lookup recipe
-trains with d = 1 until train accuracy reaches 98%, then d = 128: here `initial_range=0`, `switch_accuracy=0.98`,
-`cross_batch_range=127`. LongLLaMA-3B uses r = 3 with stepping from the start.
+`cross_batch_range` r counts the earlier batch rows a memory layer sees. How the paper's d maps onto r depends on
+the packing: with k-packing the rows just before a row hold its own document's earlier windows (the paper's
+C_prev), so for the dictionary task packed with k = 2 (definitions row, then queries row) paper d = r, and the
+curriculum "d = 1 until 98% train accuracy, then larger" is `initial_range=1`, `switch_accuracy=0.98`,
+`cross_batch_range=<larger>` (configs/dict_lookup_fot.py). With `initial_range=0` the query row could not see its
+own definitions and accuracy would never reach the switch. LongLLaMA-3B uses r = 3 with stepping from the start.
 """
 
 from __future__ import annotations
