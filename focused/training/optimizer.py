@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,8 @@ class TrainConfig:
 
     Attributes:
       steps: optimizer steps to run in total (a resumed run continues to this number).
-      learning_rate: peak learning rate (after warmup).
+      learning_rate: peak learning rate (after warmup); a finite number >= 0.
+      warmup_steps: linear warmup from 0; more than `steps` is clamped to `steps` (see `warnings`).
       schedule: "constant", "cosine" (to `min_lr_ratio * learning_rate`) or "linear" (likewise).
       accum_steps: micro-batches per step (gradient accumulation); groups of k rows are never split.
       decay_norms_and_embeddings: apply weight decay to norm weights and embeddings too (default: matrices only).
@@ -53,8 +55,30 @@ class TrainConfig:
         for name in ("steps", "accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config.train.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"config.train.warmup_steps={self.warmup_steps} must be in 0..steps ({self.steps})")
+        for name in ("warmup_steps", "save_every", "eval_every", "eval_batches", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config.train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr_ratio", "eps", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"config.train.{name}={value} must be a finite number >= 0")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"config.train.{name}={getattr(self, name)} must be in [0, 1)")
+
+    @property
+    def effective_warmup_steps(self) -> int:
+        """`warmup_steps`, clamped to `steps` (a short run with a long configured warmup still runs)."""
+        return min(self.warmup_steps, self.steps)
+
+    def warnings(self) -> list[str]:
+        """One line per setting that was adjusted rather than refused."""
+        if self.warmup_steps > self.steps:
+            return [
+                f"config.train.warmup_steps={self.warmup_steps} exceeds config.train.steps={self.steps}: warming "
+                f"up over all {self.steps} steps instead (set config.train.warmup_steps to choose)"
+            ]
+        return []
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -64,17 +88,18 @@ class TrainConfig:
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Linear warmup from 0 to the peak, then the chosen decay over the remaining steps."""
     peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
-    rest = max(cfg.steps - cfg.warmup_steps, 1)
+    warmup_steps = cfg.effective_warmup_steps
+    rest = max(cfg.steps - warmup_steps, 1)
     if cfg.schedule == "constant":
         decay = optax.constant_schedule(peak)
     elif cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, rest, alpha=cfg.min_lr_ratio)
     else:
         decay = optax.linear_schedule(peak, floor, rest)
-    if cfg.warmup_steps == 0:
+    if warmup_steps == 0:
         return decay
-    warmup = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
-    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 def _decay_mask(params: Any, include_all: bool) -> Any:

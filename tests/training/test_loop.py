@@ -6,7 +6,7 @@ import pytest
 
 from focused.config import load_config
 from focused.training.checkpoint import load_model
-from focused.training.loop import TrainingError, train
+from focused.training.loop import train
 
 
 def micro_config(workdir, steps, **train_overrides):
@@ -73,9 +73,10 @@ def test_bad_accumulation_split_is_a_config_error(tmp_path):
         train(micro_config(tmp_path / "x", 2, accum_steps=3))
 
 
-def test_non_finite_loss_stops_with_step(tmp_path):
-    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 2"):
+def test_non_finite_learning_rate_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match=r"config.train.learning_rate=inf must be a finite number"):
         train(micro_config(tmp_path / "nan", 2, learning_rate=float("inf"), warmup_steps=0))
+    assert not (tmp_path / "nan").exists()
 
 
 def test_dry_run_plans_longllama_3b_without_weights_or_data():
