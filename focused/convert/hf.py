@@ -272,6 +272,30 @@ def parse_size(size: int | str) -> int:
     return number
 
 
+def current_umask() -> int:
+    """The process umask, read from /proc where possible (setting it to read it back races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_new_files(root: Path) -> None:
+    """chmod `root` and everything below it to 0777 (folders) / 0666 (files) minus the umask."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -295,7 +319,12 @@ class StagedDir:
     created_parents: list[Path]
 
     def publish(self) -> Path:
-        """Moves the staged directory onto `target`; an existing target is set aside and deleted afterwards."""
+        """Moves the staged directory onto `target`; an existing target is set aside and deleted afterwards.
+
+        The staged tree gets the permissions a plain `mkdir` / file write would give (0777 / 0666 minus the umask):
+        the temporary directory is created 0700 and some writers use 0600, which would make the result private.
+        """
+        share_like_new_files(self.path)
         if not self.target.exists() or is_empty_dir(self.target):
             os.replace(self.path, self.target)  # rename(2) also replaces an empty directory
             return self.target

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from focused.convert.hf import TensorSpec, check_names, config_from_hf, tensor_specs, unflatten_params
 from focused.model.config import LlamaConfig, resolve_dtype
@@ -88,14 +88,20 @@ class _Tensors:
 
     def _header(self, path: Path) -> Iterator[tuple[str, tuple[int, ...], str]]:
         if self.kind == "safetensors":
-            with safe_open(str(path), framework="flax") as f:
-                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    piece = f.get_slice(name)
-                    yield name, tuple(piece.get_shape()), piece.get_dtype()
+            try:
+                with safe_open(str(path), framework="flax") as f:
+                    entries = [(name, f.get_slice(name)) for name in f.keys()]  # noqa: SIM118 (not a dict)
+                    for name, piece in entries:
+                        yield name, tuple(piece.get_shape()), piece.get_dtype()
+            except SafetensorError as error:
+                raise _unreadable(path, error) from None
             return
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # torch raises RuntimeError / UnpicklingError / EOFError for damaged files
+            raise _unreadable(path, error) from None
         for name, tensor in state.items():
             self._torch[name] = tensor
             yield name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")
@@ -111,10 +117,19 @@ class _Tensors:
                 yield name, (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
             return
         for path in sorted({self.files[n] for n in names}):
-            with safe_open(str(path), framework="flax") as f:
-                for name in names:
-                    if self.files[name] == path:
-                        yield name, f.get_tensor(name)
+            try:
+                with safe_open(str(path), framework="flax") as f:
+                    arrays = [(name, f.get_tensor(name)) for name in names if self.files[name] == path]
+            except SafetensorError as error:
+                raise _unreadable(path, error) from None
+            yield from arrays
+
+
+def _unreadable(path: Path, error: BaseException) -> ValueError:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return ValueError(
+        f"{path} cannot be read ({reason}): the file is truncated or corrupt; download or export it again"
+    )
 
 
 def import_hf(folder: str | Path, *, param_dtype: str = "float32", dtype: str = "float32") -> LlamaForCausalLM:
