@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,10 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 RESULTS_NAME, TABLE_NAME, PLOT_NAME = "results.json", "results.md", "plot.png"
 LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# horizontal offset between neighbouring series, as a fraction of an octave (log x) or of the x spacing (linear x)
+OFFSET = 0.04
+OFFSET_NOTE = "points shifted sideways so equal values stay visible"
 
 
 @dataclasses.dataclass
@@ -138,13 +143,20 @@ def _grid(results: EvalResults) -> tuple[list[float], list[list[str]]]:
     return xs, rows
 
 
+def title(results: EvalResults) -> str:
+    """`passkey: accuracy vs prompt tokens`; the eval's name is left out when it is the metric's
+    (`perplexity vs context tokens`, not `perplexity: perplexity vs ...`)."""
+    what = f"{results.metric} vs {results.x_label}"
+    return what if results.eval == results.metric else f"{results.eval}: {what}"
+
+
 def markdown_table(results: EvalResults) -> str:
     """`results.md`: a title, the protocol in one paragraph, and one table (rows: checkpoints, columns: x)."""
     xs, rows = _grid(results)
     better = "higher" if results.higher_is_better else "lower"
     header = ["checkpoint", *(_format_x(x) for x in xs)]
     lines = [
-        f"# {results.eval}: {results.metric} vs {results.x_label}",
+        f"# {title(results)}",
         "",
         f"{results.description} ({better} is better)",
         "",
@@ -170,23 +182,46 @@ def terminal_table(results: EvalResults) -> str:
     return "\n".join(out)
 
 
+def shifted_x(results: EvalResults) -> list[list[float]]:
+    """The x values each series is drawn at: series i of n is shifted by (i - (n-1)/2) * OFFSET (in octaves on a log
+    axis, in units of the smallest x spacing on a linear one), so series with equal values do not hide each other.
+    The tables and results.json keep the true x."""
+    n = len(results.series)
+    xs = sorted({x for s in results.series for x in s.x})
+    gaps = [b - a for a, b in itertools.pairwise(xs) if b > a]
+    step = min(gaps) if gaps else 1.0
+    out = []
+    for i, s in enumerate(results.series):
+        shift = (i - (n - 1) / 2) * OFFSET if n > 1 else 0.0
+        if results.x_log:
+            out.append([x * 2**shift if x > 0 else x for x in s.x])
+        else:
+            out.append([x + shift * step for x in s.x])
+    return out
+
+
 def plot(results: EvalResults, path: str | Path) -> Path:
-    """`plot.png`: one line per series; one colour per checkpoint, one line style per setting; log-2 x axis."""
+    """`plot.png`: one line per series; one colour and marker per checkpoint, one line style per setting; log-2 x
+    axis. Series are shifted slightly sideways (`shifted_x`) and the legend says so."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     checkpoints = list(dict.fromkeys(s.label for s in results.series))
     settings = list(dict.fromkeys(s.setting for s in results.series))
-    for s in results.series:
-        points = sorted(zip(s.x, s.y, strict=True))
+    n = len(results.series)
+    for i, (s, xs) in enumerate(zip(results.series, shifted_x(results), strict=True)):
+        points = sorted(zip(xs, s.y, strict=True))
         ys = [100 * y if results.metric == "accuracy" else y for _, y in points]
+        which = checkpoints.index(s.label)
         ax.plot(
             [x for x, _ in points],
             ys,
-            marker="o",
-            color=f"C{checkpoints.index(s.label) % 10}",
+            marker=MARKERS[which % len(MARKERS)],
+            markersize=7 - 3 * i / max(n - 1, 1),  # later series smaller, so a point on top of another shows both
+            color=f"C{which % 10}",
             linestyle=LINESTYLES[settings.index(s.setting) % len(LINESTYLES)],
             label=s.name,
+            alpha=0.85,
         )
     if results.x_log:
         ax.set_xscale("log", base=2)
@@ -199,10 +234,10 @@ def plot(results: EvalResults, path: str | Path) -> Path:
     ax.set_ylabel("accuracy (%)" if results.metric == "accuracy" else results.metric)
     if results.metric == "accuracy":
         ax.set_ylim(-3, 103)
-    ax.set_title(f"{results.eval}: {results.metric} vs {results.x_label}")
+    ax.set_title(title(results))
     ax.grid(True, alpha=0.3)
     if results.series:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", title=OFFSET_NOTE if n > 1 else None, title_fontsize="x-small")
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
