@@ -8,12 +8,19 @@
     metrics → TensorBoard + metrics.jsonl, progress bar (loss, tokens/s, ETA)
     every `save_every` steps → checkpoints/<step>/ (params, opt_state, data-iterator state)
 
-Re-running the same command resumes from the latest finished checkpoint.
+Re-running the same command resumes from the newest checkpoint that restores. What keeps a run safe:
+
+* one training per run directory (`RunDirectory`: an flock held for the whole run; a second one is refused);
+* a resume whose model config differs from the run's `model_config.json` is refused before anything is written;
+* no checkpoint with NaN/inf state is ever written, and a failed write keeps the previous ones (`TrainCheckpoints`);
+* SIGINT / SIGTERM save a checkpoint at the current step and exit 130 / 143 (`StopSignals`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,32 +28,58 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
-from tqdm.auto import tqdm
 
 from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_documents, load_tokenizer
 from focused.data.synthetic import DictionaryBatches, synthetic_batches
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
 from focused.training import sharding
-from focused.training.checkpoint import write_model_config
+from focused.training.checkpoint import TrainCheckpoints, find_tokenizer_dir
 from focused.training.dry_run import dry_run
+from focused.training.errors import TrainingError, TrainingInterrupted, describe, disk_problem
 from focused.training.fot import FotConfig, RangeSchedule
-from focused.training.metrics import MetricsWriter
+from focused.training.metrics import MetricsWriter, last_logged
 from focused.training.optimizer import TrainConfig, make_optimizer
+from focused.training.progress import Progress, summary
+from focused.training.run_dir import RunDirectory
+from focused.training.signals import StopSignals
 from focused.training.step import make_eval_step, make_train_step
 
-__all__ = ["TrainingError", "build_data", "build_model", "make_eval_step", "make_train_step", "train"]
+__all__ = [
+    "TrainingError",
+    "TrainingInterrupted",
+    "build_data",
+    "build_model",
+    "make_eval_step",
+    "make_train_step",
+    "train",
+]
+POSITIVE_FIELDS = {
+    "data": ("batch_size", "k"),
+    "model": (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "max_position_embeddings",
+    ),
+}
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (for example a non-finite loss); the last good checkpoint is kept."""
+def model_config(config: ml_collections.ConfigDict) -> LlamaConfig:
+    """`config.model` as a LlamaConfig; its errors name the section (`config.model: ...`)."""
+    try:
+        return LlamaConfig.from_dict(config.model.to_dict())
+    except (TypeError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(message if "config.model" in message else f"config.model: {message}") from None
 
 
 def build_model(config: ml_collections.ConfigDict) -> LlamaForCausalLM:
     """A freshly initialised model, or the one `config.init_from` names (HF folder or focused checkpoint)."""
-    model_cfg = LlamaConfig.from_dict(config.model.to_dict())
+    model_cfg = model_config(config)
     init_from = config.get("init_from")
     if not init_from:
         return LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(config.seed))
@@ -105,15 +138,13 @@ def build_data(
     return DocumentPacker(documents, tokenizer, packing)
 
 
-def checkpoint_manager(workdir: Path, cfg: TrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep_checkpoints, enable_async_checkpointing=cfg.async_checkpointing, create=True
-    )
-    return ocp.CheckpointManager(workdir / "checkpoints", options=options)
-
-
 def validate(config: ml_collections.ConfigDict, cfg: TrainConfig, fot: FotConfig) -> None:
-    """Config errors that would otherwise surface late (or as wrong results)."""
+    """Config errors that would otherwise surface late (or as wrong results); each names the field as typed."""
+    for section, names in POSITIVE_FIELDS.items():
+        for name in names:
+            value = config[section][name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"config.{section}.{name} must be a positive integer, got {value!r}")
     if config.init_from and not Path(config.init_from).exists():
         raise FileNotFoundError(
             f"config.init_from={config.init_from} does not exist: point it at a Hugging Face folder or a focused "
@@ -135,13 +166,18 @@ def validate(config: ml_collections.ConfigDict, cfg: TrainConfig, fot: FotConfig
 
 
 def train(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Runs (or resumes) training as configured; returns the last logged metrics."""
+    """Runs (or resumes) training as configured; returns the last logged metrics.
+
+    Raises TrainingError (one line) when the run cannot start or go on, and TrainingInterrupted after SIGINT /
+    SIGTERM once a checkpoint at the current step is saved.
+    """
+    began = time.perf_counter()
     cfg = TrainConfig.from_dict(config.train.to_dict())
     fot = FotConfig.from_dict(config.fot.to_dict() if "fot" in config else {})
     if config.get("dry_run"):  # plan only: abstract model, memory estimate, sharding plan; no weights or data
         mesh_cfg, rules = sharding.from_config(config.get("sharding"))
         return dry_run(
-            LlamaConfig.from_dict(config.model.to_dict()),
+            model_config(config),
             mesh_cfg,
             rules,
             config.data.batch_size,
@@ -151,8 +187,31 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             accum_steps=cfg.accum_steps,
         )
     validate(config, cfg, fot)
-    workdir = Path(config.workdir).absolute()
+    model_cfg = model_config(config)
+    for line in cfg.warnings():
+        print(f"warning: {line}", file=sys.stderr)
+    with RunDirectory(config.workdir) as run:
+        run.check_model_config(model_cfg)  # before anything in the run directory is touched
+        return _train(config, cfg, fot, model_cfg, run, began)
+
+
+def _tokenizer_file(packer: Any) -> Path | None:
+    """The tokenizer file the packer reads with (None for synthetic data)."""
+    source = getattr(getattr(packer, "tokenizer", None), "source", None)
+    return Path(source) if source and Path(source).is_file() else None
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    cfg: TrainConfig,
+    fot: FotConfig,
+    model_cfg: LlamaConfig,
+    run: RunDirectory,
+    began: float,
+) -> dict[str, float]:
     packer = build_data(config)
+    tokenizer_file = _tokenizer_file(packer)
+    run.check_tokenizer(tokenizer_file, str(config.data.get("tokenizer", "")))
     sharding.maybe_initialize_distributed()
     mesh_cfg, rules = sharding.from_config(config.get("sharding"))
     mesh = sharding.make_mesh(mesh_cfg)
@@ -165,9 +224,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     if config.init_from:
         model = build_model(config)
     else:  # created directly sharded: a big model is never materialised on one device
-        model_cfg = LlamaConfig.from_dict(config.model.to_dict())
         model = sharding.init_sharded(lambda: LlamaForCausalLM(model_cfg, rngs=nnx.Rngs(config.seed)), rules, mesh)
-    write_model_config(model.config, workdir)
     graphdef, params = nnx.split(model)
     param_sh = sharding.param_shardings(params, rules, mesh)
     params = sharding.shard_params(params, param_sh)
@@ -183,34 +240,25 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
         return sharding.global_batch(local, batch_sh)
 
     schedule = RangeSchedule(fot, config.data.k)
-    mngr = checkpoint_manager(workdir, cfg)
+    ckpts = TrainCheckpoints(run.path, cfg.keep_checkpoints, cfg.async_checkpointing)
     start = 0
-    if mngr.latest_step() is not None:
-        start = mngr.latest_step()
-        restored = mngr.restore(
-            start,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(sharding.sharded_abstract(nnx.to_pure_dict(params))),
-                opt_state=ocp.args.StandardRestore(sharding.sharded_abstract(opt_state)),
-                extra=ocp.args.JsonRestore(),
-            ),
-        )
-        nnx.replace_by_pure_dict(params, restored["params"])
-        opt_state = restored["opt_state"]
-        packer.set_state(restored["extra"]["data"])
-        schedule.switched = restored["extra"].get("range_switched", schedule.switched)
-        print(f"resumed from {workdir / 'checkpoints' / str(start)}")
-
-    def save(step: int) -> None:
-        extra = {"data": packer.get_state(), "step": step, "range_switched": schedule.switched}
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(nnx.to_pure_dict(params)),
-                opt_state=ocp.args.StandardSave(opt_state),
-                extra=ocp.args.JsonSave(extra),
-            ),
-        )
+    restored = ckpts.restore(sharding.sharded_abstract(nnx.to_pure_dict(params)), sharding.sharded_abstract(opt_state))
+    for line in ckpts.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if restored is not None:
+        start, state = restored
+        nnx.replace_by_pure_dict(params, state["params"])
+        opt_state = state["opt_state"]
+        try:
+            packer.set_state(state["extra"]["data"])
+        except (KeyError, ValueError) as error:
+            raise TrainingError(
+                f"cannot resume {run.path} at step {start}: the data settings differ from the run's ({error}); use "
+                "the run's config.data values, or pick another config.workdir"
+            ) from None
+        schedule.switched = state["extra"].get("range_switched", schedule.switched)
+        print(f"resumed from {ckpts.path(start)}")
+    run.record(model_cfg, tokenizer_file)  # the run is known to be consistent now
 
     steps: dict[int, Any] = {}  # one compiled step per CrossBatch range
 
@@ -220,57 +268,111 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
             steps[schedule.range] = sharding.make_sharded_step(step, param_sh, opt_sh, batch_sh)
         return steps[schedule.range]
 
+    def save(step: int) -> None:
+        extra = {"data": packer.get_state(), "step": step, "range_switched": schedule.switched}
+        ckpts.save(step, nnx.to_pure_dict(params), opt_state, extra)
+
     eval_step = make_eval_step(graphdef, schedule.eval_spec())
     eval_batches = []
     if cfg.eval_every:
         eval_packer = build_data(config, config.data.eval_source)
         eval_batches = [feed(next(eval_packer)) for _ in range(cfg.eval_batches)]
-    writer = MetricsWriter(workdir)
     tokens_per_step = config.data.batch_size * config.model.max_position_embeddings
     print(f"model: {count_parameters(params) / 1e6:.2f}M parameters; {tokens_per_step} tokens per step")
     last: dict[str, float] = {}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step")
+    done = start
+    progress = Progress(start, cfg.steps)
+    writer = None
+    failing = True
     t0, window_tokens = time.perf_counter(), 0
     try:
-        for step in bar:
-            params, opt_state, metrics = step_for_range()(params, opt_state, feed(next(packer)))
-            window_tokens += tokens_per_step
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                last = {k: float(v) for k, v in metrics.items()}
-                if not math.isfinite(last["loss"]):
-                    raise TrainingError(
-                        f"non-finite loss {last['loss']} at step {done}; the last good checkpoint is kept in "
-                        f"{workdir / 'checkpoints'}"
-                    )
-                last["tokens_per_s"] = window_tokens / max(time.perf_counter() - t0, 1e-9)
-                last["cross_batch_range"] = schedule.range
-                t0, window_tokens = time.perf_counter(), 0
-                writer.write(done, last)
-                bar.set_postfix(
-                    loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}"
-                )
-                if schedule.observe(done, last["accuracy"]):
-                    bar.write(f"step {done}: CrossBatch range -> {schedule.range}")
-            elif schedule.observe(done, None):
-                bar.write(f"step {done}: CrossBatch range -> {schedule.range}")
-            if cfg.eval_every and done % cfg.eval_every == 0:
-                writer.write(done, evaluate(eval_step, params, eval_batches), prefix="eval")
-            if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
-                save(done)
-        if start < cfg.steps:
-            save(cfg.steps)
+        writer = MetricsWriter(run.path)
+        with StopSignals() as stop:
+            for step in range(start, cfg.steps):
+                if stop.received:
+                    break
+                params, opt_state, metrics = step_for_range()(params, opt_state, feed(next(packer)))
+                window_tokens += tokens_per_step
+                done = step + 1
+                logged = None
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    last = {k: float(v) for k, v in metrics.items()}
+                    if not math.isfinite(last["loss"]):
+                        raise TrainingError(
+                            f"non-finite loss {last['loss']} at step {done}, so training stopped; {ckpts.last_good()}: "
+                            "lower config.train.learning_rate (or check the data) before resuming"
+                        )
+                    last["tokens_per_s"] = window_tokens / max(time.perf_counter() - t0, 1e-9)
+                    last["cross_batch_range"] = schedule.range
+                    t0, window_tokens = time.perf_counter(), 0
+                    writer.write(done, last)
+                    logged = last
+                    if schedule.observe(done, last["accuracy"]):
+                        progress.message(f"step {done}: CrossBatch range -> {schedule.range}")
+                elif schedule.observe(done, None):
+                    progress.message(f"step {done}: CrossBatch range -> {schedule.range}")
+                progress.advance(done, logged)
+                if cfg.eval_every and done % cfg.eval_every == 0:
+                    writer.write(done, evaluate(eval_step, params, eval_batches), prefix="eval")
+                if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
+                    save(done)
+            if stop.received and done < cfg.steps:
+                progress.close()
+                raise _interrupted(stop, done, start, save, ckpts)
+            if start < cfg.steps:
+                save(cfg.steps)
+            ckpts.finish()
+        failing = False
+    except OSError as error:  # metrics / TensorBoard writes: a full disk, a directory made read-only meanwhile
+        reason = disk_problem(error) or describe(error)
+        raise TrainingError(f"cannot write to the run directory {run.path}: {reason}; {ckpts.last_good()}") from None
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
-        writer.close()
-        bar.close()
+        progress.close()
+        if writer is not None:
+            writer.close()
+        if failing:  # an error is on its way out already: finishing must not replace it
+            with contextlib.suppress(TrainingError):
+                ckpts.finish()
+    if not last:
+        last = last_logged(run.path / "metrics.jsonl")
+    checkpoint = ckpts.path(ckpts.last_saved) if ckpts.last_saved is not None else None
+    source = str(config.data.source.path)
+    print(
+        summary(
+            step=max(done, start),
+            total=cfg.steps,
+            seconds=time.perf_counter() - began,
+            metrics=last,
+            workdir=str(config.workdir),
+            checkpoint=str(checkpoint) if checkpoint else None,
+            trained=start < cfg.steps,
+            eval_config="configs/eval_dictionary.py" if "dictionary" in source else "configs/eval_perplexity.py",
+        )
+    )
     if config.get("export_dir"):
         from focused.convert import export_hf
 
         model = nnx.merge(graphdef, params)
-        export_hf(model, model.config, config.export_dir)
+        export_hf(model, model.config, config.export_dir, tokenizer_dir=find_tokenizer_dir(run.path))
     return last
+
+
+def _interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: TrainCheckpoints) -> TrainingInterrupted:
+    """Saves the current step (when a step ran) and builds the exception that ends the command."""
+    if done == start:
+        where = f"; checkpoint step {start} is in {ckpts.path(start)}" if ckpts.last_saved is not None else ""
+        return TrainingInterrupted(
+            f"interrupted by {stop.name} at step {start} before a step ran, nothing new to save{where}; rerun the "
+            "same command to resume",
+            stop.exit_code,
+        )
+    save(done)
+    ckpts.finish()
+    return TrainingInterrupted(
+        f"interrupted by {stop.name} at step {done}, checkpoint saved in {ckpts.path(done)}; rerun the same command "
+        "to resume",
+        stop.exit_code,
+    )
 
 
 def evaluate(eval_step: Any, params: nnx.State, batches: list[dict[str, jax.Array]]) -> dict[str, float]:

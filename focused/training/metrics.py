@@ -26,3 +26,17 @@ class MetricsWriter:
     def close(self) -> None:
         self._tb.close()
         self._jsonl.close()
+
+
+def last_logged(path: Path, split: str = "train") -> dict[str, float]:
+    """The scalars of the last `split` record in a `metrics.jsonl` ({} when there is none or it is unreadable)."""
+    if not path.is_file():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("split") == split:
+            return {k: v for k, v in record.items() if k not in ("step", "split") and isinstance(v, int | float)}
+    return {}
