@@ -1,13 +1,15 @@
 """Command line for Hugging Face conversion.
 
     python -m focused.convert export --checkpoint PATH --out DIR [--format longllama|llama]
-        [--dtype float32|bfloat16|float16] [--max-shard-size 2GB] [--tokenizer DIR] [--overwrite]
+        [--dtype float32|bfloat16|float16] [--max-shard-size 2GB] [--tokenizer DIR | --no-tokenizer] [--overwrite]
     python -m focused.convert import --hf DIR --out DIR [--param-dtype float32|bfloat16|float16]
         [--dtype float32|bfloat16|float16] [--overwrite]
 
 `export` reads anything `focused.training.checkpoint.load_model` accepts (run directory, step directory, saved
-model) and writes a Hugging Face folder; `import` reads a Hugging Face folder and writes a focused saved-model
-directory (`model_config.json` + `params/`). Bad input prints one `error: ...` line and exits with status 2;
+model) and writes a Hugging Face folder, with the tokenizer the run was trained with (`<run>/tokenizer/`) unless
+`--tokenizer DIR` names another or `--no-tokenizer` is given. `import` reads a Hugging Face folder and writes a
+focused saved-model directory (`model_config.json` + `params/`). Written folders get ordinary permissions (the
+umask decides, as for any new file). Bad input prints one `error: ...` line and exits with status 2;
 nothing is written then.
 """
 
@@ -19,11 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from focused.cli import quiet_libraries
 from focused.convert.export import export_hf
 from focused.convert.hf import FORMATS, is_empty_dir, parse_size, staging
 from focused.convert.load import import_hf
 from focused.model.config import DTYPES
-from focused.training.checkpoint import load_model, save_model
+from focused.training.checkpoint import find_tokenizer_dir, load_model, save_model
 
 EXIT_BAD_INPUT = 2
 
@@ -47,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="longllama", help="config flavour (default longllama)")
     export.add_argument("--dtype", choices=dtypes, default=None, help="tensor dtype (default: the params' dtype)")
     export.add_argument("--max-shard-size", default="2GB", help="shard above this size (default 2GB)")
-    export.add_argument("--tokenizer", default=None, help="directory whose tokenizer files to copy")
+    export.add_argument(
+        "--tokenizer", default=None, help="directory whose tokenizer files to copy (default: the run's tokenizer)"
+    )
+    export.add_argument("--no-tokenizer", action="store_true", help="write no tokenizer files")
     export.add_argument("--overwrite", action="store_true", help="replace a folder holding another checkpoint")
 
     imp = commands.add_parser("import", help="write a focused saved model from a Hugging Face folder")
@@ -61,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> Path:
     parse_size(args.max_shard_size)  # fail on a bad size before loading the checkpoint
+    tokenizer = args.tokenizer
+    if tokenizer is None and not args.no_tokenizer:
+        tokenizer = find_tokenizer_dir(args.checkpoint)
     model = load_model(args.checkpoint)
     return export_hf(
         model,
@@ -70,7 +79,7 @@ def run_export(args: argparse.Namespace) -> Path:
         max_shard_size=args.max_shard_size,
         dtype=args.dtype,
         overwrite=args.overwrite,
-        tokenizer_dir=args.tokenizer,
+        tokenizer_dir=None if args.no_tokenizer else tokenizer,
     )
 
 
@@ -86,9 +95,10 @@ def run_import(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(datasets_bars=False)  # orbax's log records would repeat the one error line below, with a traceback
     try:
         path = run_export(args) if args.command == "export" else run_import(args)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as error:
+    except (OSError, ValueError) as error:  # FileNotFoundError, FileExistsError, PermissionError, CheckpointError
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {path}")

@@ -4,7 +4,8 @@
 
 Common config keys: `eval` (a name in `EVALS`), `checkpoints` (run directories, step directories, saved models
 or Hugging Face folders), `labels` (names in tables and plots; default: the folder names), `tokenizer` ("auto":
-the checkpoint folder's tokenizer.json / tokenizer.model if it has one, else the shipped one), `out_dir`,
+the checkpoint's tokenizer.json / tokenizer.model if it has one, also a training run's `tokenizer/`, else the
+shipped one), `out_dir`,
 `overwrite`, `progress`, `memory` (`MemoryConfig`), plus the eval's own section (`passkey`, `perplexity`, ...).
 
 An eval is a function `evaluate(config, checkpoints) -> EvalResults` that loads each `Checkpoint` in turn
@@ -53,8 +54,6 @@ EVALS: dict[str, EvalFn] = {
     "dictionary": evaluate_dictionary,
 }
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
@@ -76,10 +75,13 @@ class Checkpoint:
         return load_model(path)
 
     def load_tokenizer(self) -> Tokenizer:
+        """With "auto": the checkpoint's own tokenizer (HF folder, `<run>/tokenizer/`, a step's run), or the shipped."""
         spec = self.tokenizer
         if spec == "auto":
-            has_own = any((Path(self.path) / name).is_file() for name in TOKENIZER_FILES)
-            spec = self.path if has_own else "focused"
+            from focused.training.checkpoint import find_tokenizer_dir
+
+            own = find_tokenizer_dir(self.path)
+            spec = str(own) if own is not None else "focused"
         return load_tokenizer(spec)
 
     def load(self) -> tuple[LlamaForCausalLM, Tokenizer]:
