@@ -200,8 +200,8 @@ def shifted_x(results: EvalResults) -> list[list[float]]:
     return out
 
 
-def plot(results: EvalResults, path: str | Path) -> Path:
-    """`plot.png`: one line per series; one colour and marker per checkpoint, one line style per setting; log-2 x
+def figure(results: EvalResults) -> Figure:
+    """The plot: one line per series; one colour and marker per checkpoint, one line style per setting; log-2 x
     axis. Series are shifted slightly sideways (`shifted_x`) and the legend says so."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -238,8 +238,13 @@ def plot(results: EvalResults, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     if results.series:
         ax.legend(fontsize="small", title=OFFSET_NOTE if n > 1 else None, title_fontsize="x-small")
+    return fig
+
+
+def plot(results: EvalResults, path: str | Path) -> Path:
+    """Writes `figure(results)` as a PNG (`plot.png`)."""
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    figure(results).savefig(path, dpi=120)
     return path
 
 

@@ -191,3 +191,22 @@ def test_dictionary_end_to_end_through_eval_py(tmp_path, capsys):
     assert results["eval"] == "dictionary"
     (series,) = results["series"]
     assert series["x"] == [512, 1024] and all(0 <= y <= 1 for y in series["y"])
+
+
+def test_coincident_series_stay_visible_and_titles_do_not_repeat():
+    """Issue 10, case 13: two checkpoints with equal accuracy are drawn side by side, and the legend says why."""
+    xs, same = [512.0, 1024.0, 2048.0], [1.0, 1.0, 0.5]
+    series = [report.Series("a", "a", xs, same), report.Series("b", "b", xs, same)]
+    results = report.EvalResults("passkey", "accuracy", "prompt tokens", "test", series)
+    (ax,) = report.figure(results).axes
+    first, second = (np.asarray(line.get_xdata()) for line in ax.get_lines())
+    assert (first < second).all() and np.allclose(second / first, 2**report.OFFSET)  # shifted, on a log axis
+    assert first[0] < 512 < second[0]  # around the true x, which the tables keep
+    assert ax.get_lines()[0].get_marker() != ax.get_lines()[1].get_marker()
+    assert ax.get_legend().get_title().get_text() == report.OFFSET_NOTE
+    assert ax.get_title() == "passkey: accuracy vs prompt tokens"
+    one = [report.Series("a", "a", [1.0], [2.0])]
+    ppl = report.EvalResults("perplexity", "perplexity", "context tokens", "test", one)
+    assert report.title(ppl) == "perplexity vs context tokens"
+    assert report.markdown_table(ppl).startswith("# perplexity vs context tokens\n")
+    assert report.figure(ppl).axes[0].get_legend().get_title().get_text() == ""  # one series: nothing shifted
