@@ -1,5 +1,8 @@
 """`python -m focused.convert export|import`: round trip through files, and one-line errors with exit status 2."""
 
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +127,42 @@ def test_module_entry_point(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: Hugging Face folder {tmp_path / 'absent'} does not exist"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("keep", [0.5, 100, 5])  # cut inside the tensors, inside the header, inside its length
+def test_import_of_a_truncated_safetensors_file_is_one_error_line(tmp_path, saved, capsys, keep):
+    hf = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(saved), "--out", str(hf)]) == 0
+    weights = hf / "model.safetensors"
+    os.truncate(weights, int(weights.stat().st_size * keep) if keep < 1 else keep)
+    before = snapshot(hf)
+    capsys.readouterr()
+    assert main(["import", "--hf", str(hf), "--out", str(tmp_path / "back")]) == 2
+    line = one_error_line(capsys)
+    assert f"{weights} cannot be read (" in line and "truncated or corrupt" in line, line
+    assert not (tmp_path / "back").exists() and snapshot(hf) == before
+
+
+def test_export_and_import_folders_get_ordinary_permissions(tmp_path, saved):
+    old = os.umask(0o022)
+    try:
+        hf, back = tmp_path / "hf", tmp_path / "back"
+        assert main(["export", "--checkpoint", str(saved), "--out", str(hf), "--max-shard-size", "40KB"]) == 0
+        assert main(["import", "--hf", str(hf), "--out", str(back)]) == 0
+    finally:
+        os.umask(old)
+    for root in (hf, back):
+        assert stat.S_IMODE(root.stat().st_mode) == 0o755, root
+        for path in root.rglob("*"):
+            assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_export_copies_the_runs_tokenizer_by_default(tmp_path, saved, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(saved, run)
+    shutil.copytree(TOKENIZER, run / "tokenizer")  # where training records the tokenizer it read with
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (TOKENIZER / "tokenizer.json").read_bytes()
+    assert (tmp_path / "hf" / "tokenizer_config.json").is_file()
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "bare"), "--no-tokenizer"]) == 0
+    assert not (tmp_path / "bare" / "tokenizer.json").exists()

@@ -1,0 +1,94 @@
+"""`train.py` / `eval.py` front ends: --help, field listings, quiet library output (issue 10, cases 9 and 13)."""
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+from focused import cli
+from focused.data import DataSourceConfig, load_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_cli, eval_cli = _load("train"), _load("eval")
+
+
+@pytest.fixture
+def library_state():
+    """Restores what `quiet_libraries` changes process-wide."""
+    bars = datasets.are_progress_bars_disabled()
+    levels = {name: logging.getLogger(name).level for name in ("absl", "asyncio")}
+    hook = sys.unraisablehook
+    yield
+    (datasets.disable_progress_bars if bars else datasets.enable_progress_bars)()
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    sys.unraisablehook = hook
+
+
+def test_train_help_lists_usage_and_configs_with_their_first_docstring_line(capsys):
+    assert train_cli.main(["train.py", "--help"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "usage: python train.py --config CONFIG [--config.FIELD=VALUE ...] [--verbose]" in out
+    assert "130 stopped by SIGINT, 143 stopped by SIGTERM" in out
+    assert "configs/tiny.py" in out and "A ~5M-parameter LLaMA that trains on 2 CPU cores" in out
+    assert "configs/longllama_3b.py" in out and "eval_passkey" not in out
+    assert "no config given" not in out
+
+
+def test_eval_help_lists_the_eval_configs(capsys):
+    assert eval_cli.main(["eval.py", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: python eval.py --config CONFIG" in out
+    assert "configs/eval_passkey.py" in out and "Passkey retrieval" in out and "configs/tiny.py" not in out
+
+
+def test_help_with_a_config_prints_every_field_with_its_value(capsys):
+    assert train_cli.main(["train.py", "--config", "configs/tiny.py", "--config.train.steps=7", "--help"]) == 0
+    out = capsys.readouterr().out
+    fields = {line.split("=")[0].strip(): line.split("=", 1)[1].strip() for line in out.splitlines()[1:]}
+    assert fields["train.steps"] == "7" and fields["train.warmup_steps"] == "30"
+    assert fields["model.hidden_size"] == "256" and fields["data.source.path"] == "'focused:demo'"
+    assert fields["model.head_dim"] == "None (int)"
+    assert len(fields) > 60
+
+
+def test_help_with_a_bad_config_is_one_error_line(capsys):
+    assert train_cli.main(["train.py", "--config", "configs/nope.py", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config file configs/nope.py not found") and err.count("\n") == 1
+
+
+def test_library_progress_bars_and_logs_are_quiet_unless_verbose(tmp_path, capfd, library_state):
+    datasets.enable_progress_bars()
+    cli.quiet_libraries()
+    cli.quiet_libraries()  # idempotent: one filter, not a chain
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(5)))
+    docs = load_documents(DataSourceConfig(path=str(data)))
+    assert len(docs) == 5
+    captured = capfd.readouterr()
+    assert "Generating train split" not in captured.err + captured.out
+    assert logging.getLogger("absl").level == logging.CRITICAL
+    assert getattr(sys.unraisablehook, "quiets_closed_loops", False)
+
+
+def test_verbose_is_accepted_and_not_taken_for_an_override(tmp_path, capsys, library_state):
+    datasets.enable_progress_bars()
+    code = train_cli.main(["train.py", "--config", "configs/tiny.py", "--verbose", "--config.data.batch_size=0"])
+    assert code == 2
+    assert "config.data.batch_size must be a positive integer" in capsys.readouterr().err
+    assert not datasets.are_progress_bars_disabled()  # --verbose leaves the libraries as they are
