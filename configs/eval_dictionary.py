@@ -1,16 +1,18 @@
-"""Dictionary lookup vs memory size (DESIGN §6): 1K … 16M tokens of definitions, then 256 tokens of queries.
+"""Dictionary lookup vs memory size (DESIGN §6): 64 … 16M tokens of definitions, then a page of queries.
 
     python eval.py --config configs/eval_dictionary.py \
-        --config.checkpoints="('runs/dict_lookup_fot','runs/dict_lookup_baseline')" --config.out_dir=out/dictionary
-    python eval.py --config configs/eval_dictionary.py --config.dictionary.sizes="(1024,16384)" \
-        --config.dictionary.trials=8
+        --config.checkpoints="('models/dict_lookup_fot','models/dict_lookup_d1','models/dict_lookup_baseline')"
+    python eval.py --config configs/eval_dictionary.py --config.dictionary.sizes="(1024,65536)" \
+        --config.dictionary.trials=16 --config.checkpoints="('runs/dict_lookup_fot',)"
 
-Memory as in the paper: FAISS with k = 32 neighbours per query. Sizes up to `dictionary.device_up_to` run as exact
-top-k on the device (the same neighbours as a flat index). Above it the flat index keeps every key in RAM (16M
-tokens x 4 kv heads x 32 dims of float32 = 8 GiB for configs/dict_lookup_fot.py); the key/value copies it returns
-are float16 memmap files under `index.values_path` (8 GiB of disk at 16M), outside the process's anonymous
-memory. `index.index_type=ivf_fp16` halves the index (approximate search). `dictionary.task` must be the layout
-the checkpoints were trained with (`config.data.synthetic` of the training config).
+Each checkpoint is scored with the task layout it was trained on (`dictionary_task.json`, written by the trainer
+and copied by export); a field set in `config.dictionary.task` (e.g. `--config.dictionary.task.queries=4`)
+overrides that field for every checkpoint. Memory as in the paper: FAISS
+with k = 32 neighbours per query. Sizes up to `dictionary.device_up_to` run as exact top-k on the device (the same
+neighbours as a flat index). Above it the flat index keeps every key in RAM (16M tokens x 2 kv heads x 32 dims of
+float32 = 4 GiB for configs/dict_lookup_fot.py); the key/value copies it returns are float16 memmap files under
+`index.values_path`, outside the process's anonymous memory. `index.index_type=ivf_fp16` halves the index
+(approximate search). Evaluation documents are drawn from `dictionary.seed`, a stream no training run reads.
 """
 
 import dataclasses
@@ -40,5 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     config.dictionary = section(DictionaryEvalConfig())
-    config.dictionary.task = dataclasses.asdict(DictionaryTaskConfig())
+    # every field unset (None): each checkpoint's own layout; a field set here overrides it for every checkpoint
+    defaults = DictionaryTaskConfig()
+    config.dictionary.task = ml_collections.ConfigDict(
+        {
+            f.name: ml_collections.config_dict.placeholder(type(getattr(defaults, f.name)))
+            for f in dataclasses.fields(defaults)
+        }
+    )
     return config

@@ -1,39 +1,52 @@
 """Synthetic tasks: dictionary lookup (key-value retrieval), the FoT paper's memory benchmark (DESIGN §6).
 
-A document is a block of definitions followed by a block of queries:
+A document is a run of *pages* of ``page_len`` tokens (one page = one model window, so an item never straddles a
+window): ``def_pages`` pages of definitions, then ``query_pages`` pages of queries.
 
-    <bos> <k> k1 k2 k3 k4 <v> v1 v2 v3 v4  <k> ... <v> ...  <f> <f>     definitions (``defs_len`` tokens)
-    <q> k1 k2 k3 k4 <v> v1 v2 v3 v4  <q> ... <v> ...  <f> <f>           queries (``query_len`` tokens)
+    <k> a1 a2 a3 v  <k> b1 b2 b3 w  ...  <f> <f>        a page of definitions (``page_len`` tokens)
+    <q> b1 b2 b3 w  <q> ...              <f> <f>        a page of queries
 
-Keys and values are ``key_len`` / ``value_len`` letters from an alphabet of ``num_letters`` (paper: 64 letters,
-4 + 4). Keys never repeat inside a document; each query repeats the key of a definition of the same document and
-must be answered with its value. Each block is filled to its length with ``<f>``. Training documents have
-``doc_len = 512`` tokens, the first half definitions and the second half queries; the eval documents of
-``focused.evals.dictionary`` grow the definitions block and keep the last ``query_len = 256`` tokens as queries.
+Keys are ``key_len`` letters from ``key_letters`` key-letter ids; values are ``value_len`` letters from
+``value_letters`` value ids (a separate alphabet, so that a value can never be mistaken for a key). Keys never
+repeat inside a document. A query repeats the key of a definition of the same document and is answered with its
+value; ``queries`` definitions are asked, drawn *without replacement*, fewer than there are definitions, so a model
+that cannot match keys has no elimination shortcut (`key_free_accuracy`). With ``value_marker`` a ``<v>`` token
+separates key and value (the paper's ``<k> k1..k4 <v> v1..v4`` layout); without it lookup is a one-step copy.
+
+Training documents can make lookup learnable sooner and keep it honest at scale:
+
+- ``min_defs``: each training page holds a random number of definitions from ``min_defs`` to a full page (the
+  rest is ``<f>`` filler); pages with few definitions give the lookup circuit a strong early gradient.
+- ``key_groups``: each training document draws the letter at each key position from only ``key_groups`` letters,
+  so every letter, and every proper subset of a key's letters, is shared with other keys of the document. Only a
+  whole-key match answers all queries, the way it must at 16M tokens of memory, where any partial key is shared
+  by many definitions. Evaluation documents always use uniformly random distinct keys and full pages.
 
 Token ids (``offset`` is added to every id, so the task can live inside a larger model vocabulary):
 
-    0 <pad>   1 <bos>   2 <eos> (reserved, never emitted)   3 <k>   4 <v>   5 <q>   6 <f> (filler)
-    7 ... 7 + num_letters - 1: the letters
-
-so a model needs ``vocab_size >= offset + 7 + num_letters`` (71 for the paper's alphabet at offset 0).
+    0 <pad>  1 <bos>  2 <eos>  3 <k>  4 <v>  5 <q>  6 <f>   (bos/eos reserved, never emitted)
+    7 ... 7 + key_letters - 1: key letters,   then value_letters value letters
 
 Only query values are scored: with the next-token convention of ``focused.data.packing`` (``inputs[t]`` predicts
-``targets[t]``), ``loss_mask[t]`` is 1 exactly where ``targets[t]`` is one of v1..v4 of a query.
+``targets[t]``), ``loss_mask[t]`` is 1 exactly where ``targets[t]`` is a value letter of a query.
 
-``DictionaryBatches`` lays documents back to back in ``batch_size // k`` lanes and cuts each lane into windows of
-``W`` tokens; batch rows ``g*k … g*k+k-1`` are ``k`` consecutive windows of lane ``g`` (document-aware k-packing,
-as ``DocumentPacker`` does), so with ``W = 256`` and ``k = 2`` a group holds the definitions and then the queries of
-one document and CrossBatch row ``2g+1`` sees its own definitions at row ``2g``. Every document is a pure function
-of ``(seed, split, lane, index)``, so the iterator state is just the number of batches served.
+``DictionaryBatches`` lays documents back to back in ``batch_size // k`` lanes and cuts each lane into windows;
+batch rows ``g*k … g*k+k-1`` are consecutive windows of lane ``g`` (document-aware k-packing, as
+``DocumentPacker`` does). With window = page_len and k = def_pages + query_pages a group is exactly one document,
+so CrossBatch row ``g*k + def_pages`` (the queries) sees its own definitions in the rows just before it, and
+rows of other groups are distractors. Every document is a pure function of ``(seed, split, lane, index)``, so the
+iterator state is just the number of batches served.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
+import os
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,42 +56,70 @@ from focused.config import checked_fields
 PAD, BOS, EOS, KEY, VALUE, QUERY, FILL = range(7)
 NUM_SPECIALS = 7
 SYNTHETIC_TASKS = ("dictionary",)
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+TASK_FILE = "dictionary_task.json"  # the layout a model was trained on, kept beside its weights
 Batch = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class DictionaryTaskConfig:
-    """`config.data.synthetic`: the shape of the dictionary task.
+    """`config.data.synthetic`: the layout of the dictionary task (see the module docstring).
 
-    num_letters: alphabet of keys and values (paper: 64).   key_len, value_len: letters per key / value (4, 4).
-    doc_len: tokens per training document (512).   query_len: tokens of queries at the end of a document (256).
-    offset: added to every token id (see the module docstring for the layout).
+    key_letters, key_len: key alphabet and letters per key.   value_letters, value_len: the same for values.
+    value_marker: put `<v>` between key and value (paper layout).   page_len: tokens per page (= model window).
+    def_pages, query_pages: pages of definitions / queries per training document.
+    queries: definitions asked per document, without replacement (0 = half of them, at most the query pages' room).
+    min_defs: training pages hold min_defs .. a full page of definitions (0 = always full).
+    key_groups: letters per key position in a training document (0 = the whole alphabet).
+    offset: added to every token id.
     """
 
-    num_letters: int = 64
-    key_len: int = 4
-    value_len: int = 4
-    doc_len: int = 512
-    query_len: int = 256
+    key_letters: int = 256
+    key_len: int = 3
+    value_letters: int = 64
+    value_len: int = 1
+    value_marker: bool = False
+    page_len: int = 64
+    def_pages: int = 1
+    query_pages: int = 1
+    queries: int = 0
+    min_defs: int = 0
+    key_groups: int = 0
     offset: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_letters", "key_len", "value_len", "doc_len", "query_len"):
+        where = "config.data.synthetic"
+        for name in ("key_letters", "key_len", "value_letters", "value_len", "page_len", "def_pages", "query_pages"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"dictionary task {name} must be a positive int, got {value!r}")
-        if not isinstance(self.offset, int) or self.offset < 0:
-            raise ValueError(f"dictionary task offset must be a non-negative int, got {self.offset!r}")
-        if self.num_letters**self.key_len >= 2**62:
-            raise ValueError(f"num_letters**key_len = {self.num_letters}**{self.key_len} is too large")
-        if self.query_len < self.item_len:
-            raise ValueError(f"query_len {self.query_len} cannot hold one query of {self.item_len} tokens")
-        if self.doc_len - self.query_len < 1 + self.item_len:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}.{name} must be a positive int, got {value!r}")
+        for name in ("queries", "min_defs", "key_groups", "offset"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{where}.{name} must be a non-negative int, got {value!r}")
+        if self.key_letters**self.key_len >= 2**62:
+            raise ValueError(f"{where}: key_letters**key_len = {self.key_letters}**{self.key_len} is too large")
+        if self.items_per_page < 2:
             raise ValueError(
-                f"doc_len {self.doc_len} leaves no room for <bos> and one {self.item_len}-token definition "
-                f"before query_len={self.query_len} tokens of queries"
+                f"{where}.page_len={self.page_len} holds {self.items_per_page} item(s) of {self.item_len} tokens; "
+                "a page needs at least 2"
             )
+        if self.min_defs > self.items_per_page:
+            raise ValueError(f"{where}.min_defs={self.min_defs} exceeds the {self.items_per_page} items of a page")
+        if self.queries >= self.defs_per_document:
+            raise ValueError(
+                f"{where}.queries={self.queries} must be fewer than the {self.defs_per_document} definitions of a "
+                "document (the elimination shortcut)"
+            )
+        if self.queries > self.query_capacity:
+            raise ValueError(f"{where}.queries={self.queries} does not fit {self.query_pages} query page(s)")
+        if self.key_groups and self.key_groups**self.key_len < self.defs_per_document:
+            raise ValueError(
+                f"{where}.key_groups={self.key_groups} gives {self.key_groups}**{self.key_len} keys, fewer than "
+                f"the {self.defs_per_document} distinct keys of a document"
+            )
+        if self.key_groups > self.key_letters:
+            raise ValueError(f"{where}.key_groups={self.key_groups} exceeds key_letters={self.key_letters}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DictionaryTaskConfig:
@@ -86,45 +127,127 @@ class DictionaryTaskConfig:
 
     @property
     def item_len(self) -> int:
-        """Tokens per definition or query: marker, key, <v>, value."""
-        return self.key_len + self.value_len + 2
+        """Tokens per definition or query: marker, key, optional `<v>`, value."""
+        return 1 + self.key_len + int(self.value_marker) + self.value_len
+
+    @property
+    def items_per_page(self) -> int:
+        return self.page_len // self.item_len
+
+    @property
+    def defs_per_document(self) -> int:
+        """Definitions of a full training document."""
+        return self.def_pages * self.items_per_page
+
+    @property
+    def query_capacity(self) -> int:
+        return self.query_pages * self.items_per_page
+
+    @property
+    def doc_len(self) -> int:
+        """Tokens of a training document."""
+        return (self.def_pages + self.query_pages) * self.page_len
+
+    def num_queries(self, n_defs: int) -> int:
+        """Queries asked of a document with `n_defs` definitions (always fewer than n_defs when n_defs > 1)."""
+        asked = self.queries or max(1, n_defs // 2)
+        return max(1, min(asked, n_defs - 1, self.query_capacity))
 
     @property
     def vocab_size(self) -> int:
-        """Ids the task uses, from `offset`: specials plus letters."""
-        return NUM_SPECIALS + self.num_letters
+        """Ids the task uses, from `offset`: specials, key letters, value letters."""
+        return NUM_SPECIALS + self.key_letters + self.value_letters
 
-    def token(self, local: int) -> int:
-        """The model id of a local id (`KEY`, `VALUE`, ... or `NUM_SPECIALS + letter`)."""
-        return self.offset + local
+    @property
+    def max_memory_tokens(self) -> int:
+        """The largest definitions block whose keys can all be distinct."""
+        return min(self.key_letters**self.key_len, 2**62) // self.items_per_page * self.page_len
 
     def check_vocab(self, vocab_size: int, where: str = "the model") -> None:
         """Raises when a model vocabulary of `vocab_size` cannot encode the task's ids."""
         need = self.offset + self.vocab_size
         if vocab_size < need:
             raise ValueError(
-                f"{where} has vocab_size {vocab_size}, but the dictionary task needs {need} ids "
-                f"({NUM_SPECIALS} specials + {self.num_letters} letters from offset {self.offset})"
+                f"{where} has vocab_size {vocab_size}, but the dictionary task needs {need} ids ({NUM_SPECIALS} "
+                f"specials + {self.key_letters} key letters + {self.value_letters} value letters from offset "
+                f"{self.offset})"
             )
+
+    def is_value_id(self, ids: np.ndarray) -> np.ndarray:
+        """`[...]` bool: which model ids are value letters."""
+        first = self.offset + NUM_SPECIALS + self.key_letters
+        return (ids >= first) & (ids < first + self.value_letters)
+
+
+def save_task(task: DictionaryTaskConfig, folder: str | os.PathLike) -> Path:
+    """Writes the task layout into `folder` (a run directory or an exported model folder) as `TASK_FILE`."""
+    path = Path(folder) / TASK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(task), indent=1) + "\n")
+    return path
+
+
+def load_task(folder: str | os.PathLike) -> DictionaryTaskConfig | None:
+    """The task layout stored in `folder`, in the run directory above a step directory, or None if none is."""
+    folder = Path(folder)
+    for candidate in (folder, folder.parent.parent):
+        path = candidate / TASK_FILE
+        if path.is_file():
+            try:
+                return DictionaryTaskConfig.from_dict(json.loads(path.read_text()))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{path} is not a valid task layout ({err}): delete it or rewrite it") from None
+    return None
+
+
+def key_free_accuracy(task: DictionaryTaskConfig, n_defs: int | None = None) -> float:
+    """Expected query accuracy of the best strategy that never matches keys, for a document of full pages.
+
+    Without the key, every definition not asked yet is equally likely to be the one asked (queries are drawn
+    without replacement, values are distinct inside a document up to `value_letters`), so the best a model can
+    do is name the value of one of them: query j (0-based) of q is right with probability 1 / (n_defs - j).
+    """
+    n = n_defs or task.defs_per_document
+    q = task.num_queries(n)
+    return float(np.mean([1.0 / (n - j) for j in range(q)]))
+
+
+def _distinct_codes(rng: np.random.Generator, space: int, n: int) -> np.ndarray:
+    """`n` distinct integers in [0, space): exact sampling without replacement, also for huge spaces."""
+    if space <= 4 * n or space < 1 << 20:
+        return rng.choice(space, size=n, replace=False)
+    codes = np.unique(rng.integers(0, space, size=int(n * 1.1) + 16, dtype=np.int64))
+    while len(codes) < n:
+        codes = np.unique(np.concatenate([codes, rng.integers(0, space, size=n, dtype=np.int64)]))
+    return rng.permutation(codes)[:n]
 
 
 @dataclasses.dataclass(frozen=True)
 class DictionaryDocument:
-    """One document: `defs_len` tokens of definitions, then `task.query_len` tokens of queries.
+    """One document: pages of definitions, then `task.query_pages` pages of queries.
 
-    keys: `[n_defs, key_len]` uint8 letters (distinct rows).   values: `[n_defs, value_len]` uint8 letters.
-    queried: `[n_queries]` int, the definition each query asks for.
+    keys: `[n_defs, key_len]` int32 letters (distinct rows).   values: `[n_defs, value_len]` int32 letters.
+    page_defs: `[def_pages]` definitions on each page (the rest of a page is filler).
+    queried: `[n_queries]` int, the definition each query asks for (distinct).
     """
 
     task: DictionaryTaskConfig
-    defs_len: int
     keys: np.ndarray
     values: np.ndarray
+    page_defs: np.ndarray
     queried: np.ndarray
 
     @property
+    def def_pages(self) -> int:
+        return len(self.page_defs)
+
+    @property
+    def defs_len(self) -> int:
+        return self.def_pages * self.task.page_len
+
+    @property
     def length(self) -> int:
-        return self.defs_len + self.task.query_len
+        return (self.def_pages + self.task.query_pages) * self.task.page_len
 
     @property
     def n_defs(self) -> int:
@@ -136,53 +259,88 @@ class DictionaryDocument:
         out = np.full(rows.shape, marker, np.int32)
         is_key = (offsets >= 1) & (offsets <= t.key_len)
         out[is_key] = NUM_SPECIALS + self.keys[rows[is_key], offsets[is_key] - 1]
-        out[offsets == t.key_len + 1] = VALUE
-        is_value = offsets >= t.key_len + 2
-        out[is_value] = NUM_SPECIALS + self.values[rows[is_value], offsets[is_value] - t.key_len - 2]
+        first_value = 1 + t.key_len + int(t.value_marker)
+        if t.value_marker:
+            out[offsets == t.key_len + 1] = VALUE
+        is_value = offsets >= first_value
+        out[is_value] = NUM_SPECIALS + t.key_letters + self.values[rows[is_value], offsets[is_value] - first_value]
         return out
 
     def tokens(self, positions: np.ndarray) -> np.ndarray:
         """Model ids (offset applied) at `positions` (any int array); `<pad>` outside `0 .. length-1`."""
+        t = self.task
         pos = np.asarray(positions, np.int64)
-        item = self.task.item_len
         out = np.full(pos.shape, PAD, np.int32)
-        out[pos == 0] = BOS
-        in_defs = (pos >= 1) & (pos < self.defs_len)
-        is_def = in_defs & (pos - 1 < self.n_defs * item)
+        page, within = np.divmod(pos, t.page_len)
+        item, offset = np.divmod(within, t.item_len)
+        starts = np.concatenate([[0], np.cumsum(self.page_defs)])
+        in_defs = (pos >= 0) & (page < self.def_pages)
+        page_c = np.clip(page, 0, self.def_pages - 1)
+        is_def = in_defs & (item < self.page_defs[page_c])
         out[in_defs & ~is_def] = FILL
-        d = pos[is_def] - 1
-        out[is_def] = self._items(d // item, d % item, KEY)
-        q = pos - self.defs_len
-        in_queries = (q >= 0) & (q < self.task.query_len)
-        is_query = in_queries & (q < len(self.queried) * item)
+        out[is_def] = self._items(starts[page_c[is_def]] + item[is_def], offset[is_def], KEY)
+        q_page = page - self.def_pages
+        in_queries = (q_page >= 0) & (q_page < t.query_pages)
+        q_item = q_page * t.items_per_page + item
+        is_query = in_queries & (item < t.items_per_page) & (q_item < len(self.queried))
         out[in_queries & ~is_query] = FILL
-        qq = q[is_query]
-        out[is_query] = self._items(self.queried[qq // item], qq % item, QUERY)
-        return out + self.task.offset
+        out[is_query] = self._items(self.queried[q_item[is_query]], offset[is_query], QUERY)
+        return np.where(out == PAD, PAD, out + t.offset).astype(np.int32)
 
     def is_query_value(self, positions: np.ndarray) -> np.ndarray:
-        """`[...]` bool: True where the token at `positions` is v1..v4 of a query (what is scored)."""
+        """`[...]` bool: True where the token at `positions` is a value letter of a query (what is scored)."""
+        t = self.task
         q = np.asarray(positions, np.int64) - self.defs_len
-        inside = (q >= 0) & (q < len(self.queried) * self.task.item_len)
-        return inside & (q % self.task.item_len >= self.task.key_len + 2)
+        page, within = np.divmod(q, t.page_len)
+        item, offset = np.divmod(within, t.item_len)
+        q_item = page * t.items_per_page + item
+        inside = (q >= 0) & (page < t.query_pages) & (item < t.items_per_page) & (q_item < len(self.queried))
+        return inside & (offset >= t.item_len - t.value_len)
 
 
-def make_document(task: DictionaryTaskConfig, defs_len: int, rng: np.random.Generator) -> DictionaryDocument:
-    """A random document with `defs_len` tokens of definitions (as many as fit after `<bos>`) and then
-    `task.query_len` tokens of queries, each asking a different definition while there are enough of them."""
-    n_defs = (defs_len - 1) // task.item_len
-    if n_defs < 1:
-        raise ValueError(f"defs_len {defs_len} holds no definition of {task.item_len} tokens after <bos>")
-    letters = task.num_letters
-    if n_defs > letters**task.key_len:
-        raise ValueError(f"{n_defs} definitions need distinct keys but only {letters}**{task.key_len} exist")
-    codes = rng.choice(letters**task.key_len, size=n_defs, replace=False)
-    powers = letters ** np.arange(task.key_len - 1, -1, -1, dtype=np.int64)
-    keys = ((codes[:, None] // powers[None, :]) % letters).astype(np.uint8)
-    values = rng.integers(0, letters, size=(n_defs, task.value_len), dtype=np.uint8)
-    n_queries = task.query_len // task.item_len
-    queried = rng.choice(n_defs, size=n_queries, replace=n_queries > n_defs)
-    return DictionaryDocument(task, defs_len, keys, values, queried)
+def make_document(
+    task: DictionaryTaskConfig, def_pages: int, rng: np.random.Generator, *, training: bool = False
+) -> DictionaryDocument:
+    """A random document with `def_pages` pages of definitions and `task.query_pages` pages of queries.
+
+    Evaluation documents (`training=False`) have full pages and uniformly random distinct keys. Training documents
+    apply `task.min_defs` (random definitions per page) and `task.key_groups` (keys from a few letters per
+    position). Values are distinct inside a document while `value_letters` allows.
+    """
+    if not isinstance(def_pages, int | np.integer) or def_pages < 1:
+        raise ValueError(f"a dictionary document needs at least one page of definitions, got {def_pages!r}")
+    full = task.items_per_page
+    if training and task.min_defs:
+        page_defs = rng.integers(task.min_defs, full + 1, size=def_pages)
+    else:
+        page_defs = np.full(def_pages, full)
+    n_defs = int(page_defs.sum())
+    if n_defs < 2:  # one definition cannot be asked without giving it away; make it two
+        page_defs[0], n_defs = 2, int(page_defs.sum()) + 2 - int(page_defs[0])
+    powers = np.int64(1)
+    if training and task.key_groups:
+        groups = np.stack([rng.choice(task.key_letters, task.key_groups, replace=False) for _ in range(task.key_len)])
+        codes = _distinct_codes(rng, task.key_groups**task.key_len, n_defs)
+        digits = (codes[:, None] // task.key_groups ** np.arange(task.key_len - 1, -1, -1)) % task.key_groups
+        keys = groups[np.arange(task.key_len)[None, :], digits]
+    else:
+        space = task.key_letters**task.key_len
+        if n_defs > space:
+            raise ValueError(
+                f"{n_defs} definitions need distinct keys but only {task.key_letters}**{task.key_len} exist: "
+                f"use at most {task.max_memory_tokens} tokens of definitions"
+            )
+        codes = _distinct_codes(rng, space, n_defs)
+        powers = task.key_letters ** np.arange(task.key_len - 1, -1, -1, dtype=np.int64)
+        keys = (codes[:, None] // powers[None, :]) % task.key_letters
+    if task.value_len == 1 and n_defs <= task.value_letters:
+        values = rng.choice(task.value_letters, size=(n_defs, 1), replace=False)
+    else:
+        values = rng.integers(0, task.value_letters, size=(n_defs, task.value_len))
+    queried = rng.choice(n_defs, size=task.num_queries(n_defs), replace=False)
+    return DictionaryDocument(
+        task, keys.astype(np.int32), values.astype(np.int32), page_defs.astype(np.int64), queried.astype(np.int64)
+    )
 
 
 class DictionaryBatches:
@@ -204,9 +362,14 @@ class DictionaryBatches:
     ) -> None:
         for name, value in (("batch_size", batch_size), ("window", window), ("k", k)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DictionaryBatches {name} must be a positive int, got {value!r}")
+                raise ValueError(f"config.data.{name} must be a positive int, got {value!r}")
         if batch_size % k:
-            raise ValueError(f"batch_size={batch_size} is not divisible by k={k}: a group of k rows is one lane")
+            raise ValueError(f"config.data.batch_size={batch_size} is not divisible by config.data.k={k}")
+        if window % task.page_len:
+            raise ValueError(
+                f"the model window {window} is not a multiple of config.data.synthetic.page_len={task.page_len}: "
+                "items would straddle windows"
+            )
         self.task = task
         self.batch_size, self.window, self.k, self.seed, self.split = batch_size, window, k, seed, split
         self.num_lanes = batch_size // k
@@ -220,7 +383,7 @@ class DictionaryBatches:
     def document(self, doc_id: int) -> DictionaryDocument:
         """Document `doc_id` of this stream (lane `doc_id % num_lanes`, its `doc_id // num_lanes`-th)."""
         rng = np.random.default_rng([self.seed, self._stream, doc_id])
-        return make_document(self.task, self.task.doc_len - self.task.query_len, rng)
+        return make_document(self.task, self.task.def_pages, rng, training=True)
 
     def _doc_arrays(self, doc_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens `[doc_len]` int32, query-value flags `[doc_len]` bool) of a document, cached."""

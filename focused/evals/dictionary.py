@@ -1,24 +1,27 @@
 """Dictionary lookup (key-value retrieval) vs memory size: the FoT paper's memory benchmark (DESIGN §6).
 
-For each memory size N (paper: 1K … 16M tokens) a document holds N tokens of definitions followed by
-`query_len = 256` tokens of queries (`focused.data.synthetic`). The document is processed window by window; every
-window before the queries only fills the memory, and the query windows are scored. A query counts as correct when
-all of its value tokens are the argmax prediction; per-token accuracy is reported too.
+For each memory size N (tokens of definitions, a multiple of the task's `page_len`; default 64 … 16M) a document
+holds N / page_len pages of definitions followed by the task's query pages (`focused.data.synthetic`). The
+document is processed window by window: windows before the queries only fill the memory, the query windows are
+scored. A query counts as correct when all of its value tokens are the argmax prediction.
 
-Streaming keeps peak RAM bounded at any N: definitions are generated window by window from the document's
-`[n_defs, 4]` key/value tables, logits are never kept (only the argmax of the query windows), and memory lives
-where the backend puts it:
+Keys are uniformly random and distinct, so beyond a few thousand tokens no partial key identifies a definition
+(with the default 3-letter keys over 256 letters, each pair of letters is shared by ~50 definitions at 16M tokens).
+
+Streaming keeps peak RAM bounded at any N: definitions are generated page by page from the document's key/value
+tables, logits are never kept (only the argmax of the query windows), and memory lives where the backend puts it:
 
 - `faiss` (sizes above `device_up_to`): a `KnnMemoryStore` (`focused.memory.knn`) per batch of documents, top-k
   neighbours per query (paper: exact FAISS, k = 32); `index.values_path` puts the key/value payload in memmaps;
 - `topk` / `dense` on the device (`focused.memory.dense`): used for the `faiss` backend too up to `device_up_to`
   tokens, as exact top-k, which returns what a flat FAISS index returns.
 
-While filling the memory, the last memory layer reads no memory: the keys/values a layer stores come from its
-input, which only earlier layers shape, and that layer's output only feeds logits that are thrown away. With one
-memory layer (the paper's small models) filling is therefore a plain forward of the layers below it; the query
-windows run the full model with every memory layer reading the memory. A model without memory layers (the
-plain-transformer baseline) only runs the windows it is scored on, since nothing carries across windows.
+Filling is batched. The keys/values a memory layer stores come from its input, which only the layers below it
+shape; with one memory layer (the paper's small models) no layer below reads memory, so every filling window is
+independent and many run as one batch (`fill_tokens` tokens per call). With several memory layers the windows
+run one after another, each reading the memory of the earlier ones. The query windows always run in order with
+every memory layer reading the memory. A model without memory layers (the plain-transformer baseline) only runs
+the windows it is scored on, since nothing carries across windows.
 """
 
 from __future__ import annotations
@@ -37,126 +40,165 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.config import checked_fields
-from focused.data.synthetic import DictionaryDocument, DictionaryTaskConfig, make_document
+from focused.data.synthetic import DictionaryDocument, DictionaryTaskConfig, key_free_accuracy, make_document
 from focused.memory.backends import MemoryConfig
 from focused.memory.dense import DenseMemoryState, append_window, check_capacity, init_memory, memory_blocks
 from focused.memory.faiss_index import KnnIndexConfig
 from focused.memory.knn import KnnRetriever, add_window, new_store
+from focused.model.attention import WindowKV
 from focused.model.llama import LlamaForCausalLM
 
-PAPER_SIZES = tuple(2**i for i in range(10, 25, 2))  # 1K, 4K, 16K, 64K, 256K, 1M, 4M, 16M
+EVAL_STREAM = 0x5EED  # eval documents draw from (seed, EVAL_STREAM, N, trial): never a training document
+DEFAULT_SIZES = tuple(64 * 4**i for i in range(10))  # 64 … 16,777,216 tokens (powers of 4 pages of 64)
 
 
 @dataclasses.dataclass(frozen=True)
 class DictionaryEvalConfig:
     """`config.dictionary` of an eval config.
 
-    sizes: memory sizes N (tokens of definitions before the queries).   trials: documents per size (25 queries
-    each with the paper's task).   seed: documents are a function of (seed, N, trial).
+    sizes: memory sizes N (tokens of definitions before the queries; multiples of the task's page_len).
+    trials: documents per size.   seed: documents are a function of (seed, N, trial); keep it apart from training.
     device_up_to: with the faiss backend, sizes up to this run on the device as exact top-k (same neighbours).
     window: tokens per window (0 = the model's max_position_embeddings).
-    max_batch_tokens: documents of one size are batched while rows * (N + query_len) stays within this.
-    task: `DictionaryTaskConfig` fields (letters, key/value length, query_len, id offset) as used in training.
+    max_batch_tokens: documents of one size are batched while rows * (N + queries) stays within this.
+    fill_tokens: tokens per batched filling call (single memory layer models).
+    task: `DictionaryTaskConfig` fields overriding the layout stored with the checkpoint (`dictionary_task.json`);
+      unset (None) fields keep the checkpoint's.
     """
 
-    sizes: tuple[int, ...] = PAPER_SIZES
-    trials: int = 4
-    seed: int = 0
-    device_up_to: int = 16384
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    trials: int = 8
+    seed: int = 1000
+    device_up_to: int = 65536
     window: int = 0
-    max_batch_tokens: int = 1 << 20
+    max_batch_tokens: int = 1 << 21
+    fill_tokens: int = 1 << 16
     task: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DictionaryEvalConfig:
         fields = checked_fields(cls, values, "config.dictionary")
         if "sizes" in fields:
-            fields["sizes"] = tuple(fields["sizes"])
+            fields["sizes"] = tuple(int(s) for s in fields["sizes"])
         return cls(**fields)
 
 
 def evaluate_dictionary_from_config(
-    model: LlamaForCausalLM, dictionary: Mapping[str, Any], memory: Mapping[str, Any], *, progress: bool = False
+    model: LlamaForCausalLM,
+    dictionary: Mapping[str, Any],
+    memory: Mapping[str, Any],
+    *,
+    task: DictionaryTaskConfig | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """`evaluate_dictionary` driven by the `config.dictionary` and `config.memory` sections of an eval config."""
+    """`evaluate_dictionary` driven by the `config.dictionary` and `config.memory` sections of an eval config.
+
+    task: the checkpoint's own layout (`focused.data.synthetic.load_task`); fields set in `config.dictionary.task`
+      override it.
+    """
     cfg = DictionaryEvalConfig.from_dict(dictionary)
+    overrides = {k: v for k, v in dict(cfg.task).items() if v is not None}
+    if task is None and not overrides:
+        raise ValueError(
+            "the checkpoint carries no dictionary task layout (dictionary_task.json): set the fields of "
+            "config.dictionary.task to the training config's config.data.synthetic"
+        )
+    base = dataclasses.asdict(task) if task is not None else {}
+    task = DictionaryTaskConfig.from_dict({**base, **overrides})
     return evaluate_dictionary(
         model,
         cfg.sizes,
         MemoryConfig.from_dict(memory),
         seed=cfg.seed,
         trials=cfg.trials,
-        task=DictionaryTaskConfig.from_dict(cfg.task),
+        task=task,
         device_up_to=cfg.device_up_to,
         window=cfg.window,
         max_batch_tokens=cfg.max_batch_tokens,
+        fill_tokens=cfg.fill_tokens,
         progress=progress,
     )
 
 
 def evaluate_dictionary(
     model: LlamaForCausalLM,
-    sizes: Sequence[int] = PAPER_SIZES,
+    sizes: Sequence[int] = DEFAULT_SIZES,
     memory_cfg: MemoryConfig | None = None,
-    seed: int = 0,
-    trials: int = 4,
+    seed: int = 1000,
+    trials: int = 8,
     *,
     task: DictionaryTaskConfig | None = None,
-    device_up_to: int = 16384,
+    device_up_to: int = 65536,
     window: int = 0,
-    max_batch_tokens: int = 1 << 20,
+    max_batch_tokens: int = 1 << 21,
+    fill_tokens: int = 1 << 16,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Query accuracy of `model` for each memory size in `sizes`.
 
     Args:
-      model: a (FoT) model trained on the task with the same `task` settings (token id offset included).
-      sizes: memory sizes N, tokens of definitions before the `task.query_len` tokens of queries.
+      model: a model trained on the task with the same `task` layout (token id offset included).
+      sizes: memory sizes N, tokens of definitions (multiples of `task.page_len`) before the query pages.
       memory_cfg: the memory backend (default: FAISS flat, k = 32, the paper's inference setting).
-      seed, trials: documents per size; document t of size N is drawn from `(seed, N, t)`.
-      task: the task layout (default: the paper's, offset 0).
+      seed, trials: documents per size; document t of size N is drawn from `(seed, EVAL_STREAM, N, t)`.
+      task: the task layout (default: `DictionaryTaskConfig()`).
       device_up_to: the faiss backend runs sizes up to this many tokens as exact top-k on the device.
-      window: tokens per window, 0 = `model.config.max_position_embeddings`. Windows are aligned to the end of the
-        document (the first window is left-padded), so the queries fill the last window(s).
-      max_batch_tokens: batch documents of one size while `rows * (N + query_len) <= max_batch_tokens`.
+      window: tokens per window, 0 = `model.config.max_position_embeddings` (a multiple of `task.page_len`).
+        Windows are aligned to the end of the document, so the queries fill the last window(s).
+      max_batch_tokens: batch documents of one size while `rows * (N + query tokens) <= max_batch_tokens`.
+      fill_tokens: tokens per batched filling call.
     Returns:
-      A JSON-serialisable dict: the settings, and `results`, one entry per size with `memory_tokens`,
-      `definitions`, `queries`, `accuracy` (all value tokens right), `token_accuracy`, `backend`, `seconds`
-      and `peak_rss_gib` (the process's peak resident memory so far).
+      A JSON-serialisable dict: the settings, `key_free_accuracy` (best guessing without keys, full pages), and
+      `results`, one entry per size with `memory_tokens`, `definitions`, `queries`, `accuracy` (all value tokens
+      right), `token_accuracy`, `backend`, `seconds` and `peak_rss_gib` (the process's peak resident memory).
     """
     task = task or DictionaryTaskConfig()
     memory_cfg = memory_cfg or MemoryConfig(backend="faiss", top_k=32, index={"index_type": "flat"})
     task.check_vocab(model.config.vocab_size, "the model")
     window = window or model.config.max_position_embeddings
+    if window % task.page_len:
+        raise ValueError(f"window {window} is not a multiple of the task's page_len {task.page_len}")
     if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"dictionary eval trials must be a positive int, got {trials!r}")
+        raise ValueError(f"config.dictionary.trials must be a positive int, got {trials!r}")
     if not sizes:
-        raise ValueError("dictionary eval needs at least one memory size")
+        raise ValueError("config.dictionary.sizes is empty: give at least one memory size")
     for size in sizes:
-        if not isinstance(size, int | np.integer) or size < 1 + task.item_len:
+        if not isinstance(size, int | np.integer) or size < task.page_len or size % task.page_len:
             raise ValueError(
-                f"memory size {size!r} cannot hold one definition: use sizes >= {1 + task.item_len} tokens"
+                f"memory size {size!r} is not a positive multiple of the task's page_len {task.page_len}: "
+                "use whole pages of definitions"
+            )
+        if size > task.max_memory_tokens:
+            raise ValueError(
+                f"memory size {size} needs more distinct keys than {task.key_letters}**{task.key_len}: at most "
+                f"{task.max_memory_tokens} tokens"
             )
     results = []
     for size in sizes:
         size = int(size)
         backend = _backend(model, memory_cfg, size, device_up_to)
-        rows = max(1, min(trials, max_batch_tokens // (size + task.query_len)))
+        doc_tokens = size + task.query_pages * task.page_len
+        rows = max(1, min(trials, max_batch_tokens // doc_tokens))
         start = time.perf_counter()
         flags = []
         for first in range(0, trials, rows):
             chunk = range(first, min(first + rows, trials))
-            docs = [make_document(task, size, np.random.default_rng([seed, size, t])) for t in chunk]
-            predictions, targets = score_documents(model, docs, memory_cfg, window, backend, progress=progress)
-            flags.append(predictions == targets)
-        hits = np.concatenate(flags)  # [trials, queries per document, value_len]
+            rngs = [np.random.default_rng([seed, EVAL_STREAM, size, t]) for t in chunk]
+            docs = [make_document(task, size // task.page_len, rng) for rng in rngs]
+            predictions, targets = score_documents(
+                model, docs, memory_cfg, window, backend, fill_tokens=fill_tokens, progress=progress
+            )
+            flags.extend(np.all(p == t, axis=-1) for p, t in zip(predictions, targets, strict=True))
+        hits = np.concatenate(flags)  # [queries]
+        token_hits = np.concatenate([f.ravel() for f in flags])
         results.append(
             {
                 "memory_tokens": size,
-                "definitions": (size - 1) // task.item_len,
-                "queries": int(hits.shape[0] * hits.shape[1]),
-                "accuracy": float(hits.all(axis=-1).mean()),
-                "token_accuracy": float(hits.mean()),
+                "definitions": size // task.page_len * task.items_per_page,
+                "queries": len(hits),
+                "accuracy": float(hits.mean()),
+                "token_accuracy": float(token_hits.mean()),
+                "key_free_accuracy": round(key_free_accuracy(task, size // task.page_len * task.items_per_page), 5),
                 "backend": backend,
                 "seconds": round(time.perf_counter() - start, 3),
                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
@@ -164,13 +206,13 @@ def evaluate_dictionary(
         )
     return {
         "task": "dictionary",
+        "layout": dataclasses.asdict(task),
         "window": window,
         "model_window": model.config.max_position_embeddings,
         "memory": {**dataclasses.asdict(memory_cfg), "index": dict(memory_cfg.index)},
         "device_up_to": device_up_to,
         "seed": seed,
         "trials": trials,
-        "query_len": task.query_len,
         "results": results,
     }
 
@@ -205,6 +247,16 @@ def _device_step(
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
+def _fill_kv(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Many filling windows of a single-memory-layer model at once: input_ids `[batch, n, W]` → the memory
+    layer's raw keys, values `[1, batch, n * W, kv_heads, head_dim]` (the layers below read no memory)."""
+    b, n, w = input_ids.shape
+    out = nnx.merge(graphdef, params)(input_ids.reshape(b * n, w))
+    (kv,) = out.memory_kv
+    return tuple(x.reshape(1, b, n * w, *x.shape[2:]) for x in (kv.keys, kv.values))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _local_step(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array, valid: jax.Array) -> jax.Array:
     """One window `[batch, W]` of a model without memory → argmax `[batch, W]`."""
     return nnx.merge(graphdef, params)(input_ids, attention_mask=valid).logits.argmax(-1).astype(jnp.int32)
@@ -235,12 +287,14 @@ def score_documents(
     window: int = 0,
     backend: str | None = None,
     *,
+    fill_tokens: int = 1 << 16,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Runs documents of one length as a batch, window by window (streamed, see the module docstring).
 
     window: tokens per window (0 = the model's).   backend: "local", "dense", "topk" or "faiss:<index_type>"
-    (None: `memory_cfg.backend`). Returns (argmax predictions, true values), both `[batch, queries, value_len]`.
+    (None: `memory_cfg.backend`). Returns (argmax predictions, true values), one `[queries, value_len]` array per
+    document.
     """
     if len({doc.length for doc in docs}) != 1 or len({doc.task for doc in docs}) != 1:
         raise ValueError("score_documents needs documents of one length and one task layout")
@@ -263,12 +317,37 @@ def score_documents(
     elif backend != "local":
         state = init_memory(model.config, batch, capacity)
     top_k = memory_cfg.top_k if backend == "topk" else None
+
+    def positions(w: int) -> np.ndarray:
+        return w * window - pad + np.arange(window)
+
+    scored_windows = [w for w in range(n_windows) if any(doc.is_query_value(positions(w) + 1).any() for doc in docs)]
+    first_scored = scored_windows[0] if scored_windows else n_windows
+    windows = range(n_windows)
+    written = 0
+    if n_mem == 1 and backend != "local" and pad == 0 and first_scored > 0:
+        # batched filling: windows 0 .. first_scored-1 are independent for a single memory layer
+        per_call = max(1, fill_tokens // (batch * window))
+        bar = tqdm(total=first_scored, desc=f"filling {docs[0].defs_len}", disable=not progress, unit="win")
+        for start in range(0, first_scored, per_call):
+            ws = range(start, min(start + per_call, first_scored))
+            ids = np.stack([np.stack([doc.tokens(positions(w)) for w in ws]) for doc in docs])  # [batch, n, W]
+            keys, values = _fill_kv(graphdef, params, jnp.asarray(ids))
+            valid = np.ones((batch, len(ws) * window), bool)
+            if store is not None:
+                add_window(store, keys, values, valid)
+            else:
+                check_capacity(written, valid.shape[1], capacity, memory_cfg.policy)
+                state = _append(state, WindowKV(keys[0], values[0]), jnp.asarray(valid))
+                written += valid.shape[1]
+            bar.update(len(ws))
+        bar.close()
+        windows = range(first_scored, n_windows)
     found: list[list[np.ndarray]] = [[] for _ in docs]
     truth: list[list[np.ndarray]] = [[] for _ in docs]
-    written = 0
-    bar = tqdm(range(n_windows), desc=f"dictionary {docs[0].defs_len}", disable=not progress, unit="win")
+    bar = tqdm(windows, desc=f"dictionary {docs[0].defs_len}", disable=not progress, unit="win")
     for w in bar:
-        pos = w * window - pad + np.arange(window)
+        pos = positions(w)
         scored = np.stack([doc.is_query_value(pos + 1) for doc in docs])  # [batch, W]: target is a query value
         predict = bool(scored.any())
         if backend == "local" and not predict:
@@ -290,6 +369,11 @@ def score_documents(
             for row in range(batch):
                 found[row].append(preds[row, scored[row]])
                 truth[row].append(targets[row, scored[row]])
-    shape = (batch, -1, docs[0].task.value_len)
-    predictions = np.stack([np.concatenate(r) for r in found]).reshape(shape)
-    return predictions, np.stack([np.concatenate(r) for r in truth]).reshape(shape)
+    value_len = docs[0].task.value_len
+    predictions = [np.concatenate(r).reshape(-1, value_len) for r in found]
+    return predictions, [np.concatenate(r).reshape(-1, value_len) for r in truth]
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _append(state: DenseMemoryState, kv: WindowKV, valid: jax.Array) -> DenseMemoryState:
+    return append_window(state, (kv,), valid)

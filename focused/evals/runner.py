@@ -31,19 +31,24 @@ EvalFn = Callable[[ml_collections.ConfigDict, Sequence["Checkpoint"]], EvalResul
 
 def evaluate_dictionary(config: ml_collections.ConfigDict, checkpoints: Sequence[Checkpoint]) -> EvalResults:
     """Dictionary lookup accuracy vs memory size for every checkpoint (the task makes token ids: no tokenizer)."""
+    from focused.data.synthetic import load_task
     from focused.evals.dictionary import evaluate_dictionary_from_config
 
     series = []
     for ckpt in checkpoints:
         found = evaluate_dictionary_from_config(
-            ckpt.load_model(), config.dictionary.to_dict(), config.memory.to_dict(), progress=config.progress
+            ckpt.load_model(),
+            config.dictionary.to_dict(),
+            config.memory.to_dict(),
+            task=load_task(ckpt.path),  # the layout the checkpoint was trained on, if it carries one
+            progress=config.progress,
         )
         points = found["results"]
         x = [float(p["memory_tokens"]) for p in points]
         series.append(Series(ckpt.label, ckpt.path, x, [p["accuracy"] for p in points], details=points))
     description = (
-        "Dictionary lookup (key-value retrieval): accuracy of the 4 value tokens of each query after N tokens of "
-        f"definitions, memory backend {config.memory.backend} (k = {config.memory.top_k})"
+        "Dictionary lookup (key-value retrieval): share of queries whose value tokens are all right after N tokens "
+        f"of definitions, memory backend {config.memory.backend} (k = {config.memory.top_k})"
     )
     return EvalResults("dictionary", "accuracy", "memory tokens", description, series)
 

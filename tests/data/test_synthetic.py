@@ -7,7 +7,6 @@ import pytest
 
 from focused.config import load_config
 from focused.data.synthetic import (
-    BOS,
     FILL,
     KEY,
     NUM_SPECIALS,
@@ -15,141 +14,195 @@ from focused.data.synthetic import (
     VALUE,
     DictionaryBatches,
     DictionaryTaskConfig,
+    key_free_accuracy,
+    load_task,
     make_document,
+    save_task,
 )
 from focused.training.loop import build_data, train
 
-TASK = DictionaryTaskConfig()
+TASK = DictionaryTaskConfig()  # the default layout: 3-letter keys over 256 letters, 1 value of 64, pages of 64
+PAPER = DictionaryTaskConfig(key_letters=64, key_len=4, value_letters=64, value_len=4, value_marker=True, page_len=256)
 
 
 def parse(tokens: np.ndarray, task: DictionaryTaskConfig) -> tuple[dict, list, np.ndarray]:
     """Reads a document's tokens independently of the generator: (definitions {key: value}, queries [(key,
-    value)], `[len]` bool flags on the query value tokens)."""
+    value)], `[len]` bool flags on the query value tokens). Checks that no item straddles a page."""
     local = np.asarray(tokens) - task.offset
+    first_value = NUM_SPECIALS + task.key_letters
     defs, queries, flags = {}, [], np.zeros(len(local), bool)
     i = 0
     while i < len(local):
         if local[i] in (KEY, QUERY):
+            assert i // task.page_len == (i + task.item_len - 1) // task.page_len, "an item straddles a page"
             item = local[i : i + task.item_len]
             key = tuple(item[1 : 1 + task.key_len])
-            assert item[1 + task.key_len] == VALUE
-            value = tuple(item[2 + task.key_len :])
-            assert min(key + value) >= NUM_SPECIALS
+            if task.value_marker:
+                assert item[1 + task.key_len] == VALUE
+            value = tuple(item[task.item_len - task.value_len :])
+            assert all(NUM_SPECIALS <= x < first_value for x in key)
+            assert all(first_value <= x < first_value + task.value_letters for x in value)
             if local[i] == KEY:
                 assert key not in defs, "a key is defined twice in one document"
                 defs[key] = value
             else:
                 queries.append((key, value))
-                flags[i + 2 + task.key_len : i + task.item_len] = True
+                flags[i + task.item_len - task.value_len : i + task.item_len] = True
             i += task.item_len
         else:
-            assert local[i] in (BOS, FILL)
+            assert local[i] == FILL
             i += 1
     return defs, queries, flags
 
 
-@pytest.mark.parametrize("defs_len", [256, 4096])
-def test_keys_never_repeat_and_queries_ask_defined_keys(defs_len):
+@pytest.mark.parametrize("task", [TASK, PAPER], ids=["default", "paper"])
+@pytest.mark.parametrize("pages", [1, 16])
+def test_keys_never_repeat_and_queries_ask_distinct_defined_keys(task, pages):
     for seed in range(3):
-        doc = make_document(TASK, defs_len, np.random.default_rng(seed))
-        assert doc.length == defs_len + TASK.query_len
+        doc = make_document(task, pages, np.random.default_rng(seed))
+        assert doc.length == (pages + task.query_pages) * task.page_len
         pos = np.arange(doc.length)
         tokens = doc.tokens(pos)
-        assert tokens[0] == BOS and tokens.min() >= 0 and tokens.max() < TASK.vocab_size
-        defs, queries, flags = parse(tokens, TASK)
-        assert len(defs) == (defs_len - 1) // TASK.item_len == doc.n_defs
-        assert len(queries) == TASK.query_len // TASK.item_len == 25
-        assert len({k for k, _ in queries}) == len(queries)  # distinct definitions asked
+        assert tokens.min() >= 0 and tokens.max() < task.vocab_size
+        defs, queries, flags = parse(tokens, task)
+        assert len(defs) == pages * task.items_per_page == doc.n_defs
+        assert len(queries) == task.num_queries(doc.n_defs) < len(defs)  # fewer queries than definitions
+        assert len({k for k, _ in queries}) == len(queries)  # asked without replacement
         for key, value in queries:
             assert defs[key] == value
         np.testing.assert_array_equal(doc.is_query_value(pos), flags)
-        assert (flags[:defs_len] == 0).all()  # definitions are never scored
+        assert (flags[: doc.defs_len] == 0).all()  # definitions are never scored
+
+
+def test_key_free_guessing_is_at_most_an_eighth_for_the_default_layout():
+    """The best strategy that ignores keys names the value of a definition not asked yet; simulate it too."""
+    level = key_free_accuracy(TASK)
+    assert level <= 1 / 8
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(400):
+        doc = make_document(TASK, TASK.def_pages, rng)
+        remaining = list(range(doc.n_defs))
+        for asked in doc.queried:
+            guess = remaining[rng.integers(len(remaining))]
+            hits.append(doc.values[guess, 0] == doc.values[asked, 0])
+            remaining.remove(asked)  # the answer is seen once the query is over
+    assert abs(np.mean(hits) - level) < 0.02
+    # values are distinct inside a training document, so no value is a safer guess than another
+    assert all(len(set(make_document(TASK, 1, rng).values[:, 0])) == TASK.items_per_page for _ in range(10))
+
+
+def test_training_documents_vary_definitions_and_share_key_letters():
+    task = DictionaryTaskConfig(min_defs=2, key_groups=3)
+    rng = np.random.default_rng(1)
+    counts = set()
+    for _ in range(50):
+        doc = make_document(task, 2, rng, training=True)
+        counts.add(int(doc.n_defs))
+        defs, queries, _ = parse(doc.tokens(np.arange(doc.length)), task)
+        assert len(defs) == doc.n_defs and len(queries) < doc.n_defs
+        for j in range(task.key_len):  # every key position uses at most key_groups letters
+            assert len({k[j] for k in defs}) <= 3
+    assert min(counts) < 2 * task.items_per_page and max(counts) > 4
+    full = make_document(task, 2, rng)  # evaluation documents: full pages, keys from the whole alphabet
+    assert full.n_defs == 2 * task.items_per_page
 
 
 def test_batches_mask_only_query_values_and_follow_the_packing_convention():
-    batches = DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=3)
+    batches = DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=3)
     rows = [next(batches) for _ in range(3)]
     for batch in rows:
         assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
-            "inputs": ((4, 256), "int32"),
-            "targets": ((4, 256), "int32"),
-            "loss_mask": ((4, 256), "float32"),
-            "doc_ids": ((4, 256), "int32"),
+            "inputs": ((4, 64), "int32"),
+            "targets": ((4, 64), "int32"),
+            "loss_mask": ((4, 64), "float32"),
+            "doc_ids": ((4, 64), "int32"),
         }
         np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])  # inputs[t] -> targets[t]
         np.testing.assert_array_equal(batch["targets"][0::2, -1], batch["inputs"][1::2, 0])  # rows of a group
+        assert (batch["inputs"][1::2, 0] == QUERY).all() and (batch["inputs"][0::2, 0] == KEY).all()
     for lane in range(2):  # a lane's stream, read back from consecutive windows, parses as whole documents
         stream = np.concatenate([b["inputs"][lane * 2 + j] for b in rows for j in range(2)])
         targets = np.concatenate([b["targets"][lane * 2 + j] for b in rows for j in range(2)])
         mask = np.concatenate([b["loss_mask"][lane * 2 + j] for b in rows for j in range(2)])
         np.testing.assert_array_equal(targets[:-1], stream[1:])  # also across batches
         for d in range(3):
-            doc = stream[d * 512 : (d + 1) * 512]
+            doc = stream[d * 128 : (d + 1) * 128]
             defs, queries, flags = parse(doc, TASK)
-            assert len(defs) == 25 and len(queries) == 25
+            assert len(defs) == 12 and len(queries) == 6
             assert all(defs[k] == v for k, v in queries)
             # loss_mask[t] is 1 exactly where targets[t] = the token at t + 1 is a query value
-            np.testing.assert_array_equal(mask[d * 512 : (d + 1) * 512 - 1], flags[1:])
-        assert mask.sum() == 3 * 25 * 4
+            np.testing.assert_array_equal(mask[d * 128 : (d + 1) * 128 - 1], flags[1:])
+        assert mask.sum() == 3 * 6
 
 
-@pytest.mark.parametrize(("window", "k"), [(256, 2), (128, 4)])
+@pytest.mark.parametrize(("window", "k"), [(64, 2), (128, 1)])
 def test_k_packing_puts_consecutive_windows_of_a_document_in_consecutive_rows(window, k):
     batch = next(DictionaryBatches(TASK, batch_size=2 * k, window=window, k=k, seed=1))
     ids = batch["doc_ids"]
     for g in range(2):
         group = ids[g * k : (g + 1) * k]
-        assert (group == group[0, 0]).all()  # k windows = one 512-token document
+        assert (group == group[0, 0]).all()  # k windows = one 128-token document
         for j in range(k - 1):  # row j + 1 continues row j
             assert batch["targets"][g * k + j, -1] == batch["inputs"][g * k + j + 1, 0]
-        assert batch["inputs"][g * k, 0] == BOS
-        assert batch["inputs"][g * k + 256 // window, 0] == QUERY  # the second half starts with a query
+        assert batch["inputs"][g * k, 0] == KEY
     assert ids[0, 0] != ids[k, 0]
 
 
 def test_iterator_is_deterministic_and_resumes_exactly():
-    a = DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=5)
-    b = DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=5)
+    a = DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=5)
+    b = DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=5)
     for _ in range(2):
         x, y = next(a), next(b)
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
     state = json.loads(json.dumps(a.get_state()))
     expected = [next(a) for _ in range(2)]
-    resumed = DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=5)
+    resumed = DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=5)
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
-    other_seed = next(DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=6))
-    held_out = next(DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=5, split="validation"))
-    first = next(DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=5))
+    other_seed = next(DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=6))
+    held_out = next(DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=5, split="validation"))
+    first = next(DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=5))
     assert not np.array_equal(other_seed["inputs"], first["inputs"])
     assert not np.array_equal(held_out["inputs"], first["inputs"])
     with pytest.raises(ValueError, match=r"different \['seed'\]"):
-        DictionaryBatches(TASK, batch_size=4, window=256, k=2, seed=7).set_state(state)
+        DictionaryBatches(TASK, batch_size=4, window=64, k=2, seed=7).set_state(state)
     with pytest.raises(ValueError, match="not a dictionary-task iterator state"):
         resumed.set_state({"batches": 1})
 
 
-def test_vocabulary_offset_and_bad_task_settings():
+def test_vocabulary_offset_and_bad_task_settings(tmp_path):
     task = DictionaryTaskConfig(offset=100)
-    tokens = next(DictionaryBatches(task, batch_size=2, window=256, k=2))["inputs"]
-    assert tokens.min() >= 100 and tokens.max() < 100 + task.vocab_size == 171
-    task.check_vocab(171)
-    with pytest.raises(ValueError, match="vocab_size 170, but the dictionary task needs 171 ids"):
-        task.check_vocab(170)
-    with pytest.raises(ValueError, match="cannot hold one query"):
-        DictionaryTaskConfig(query_len=5)
-    with pytest.raises(ValueError, match="leaves no room"):
-        DictionaryTaskConfig(doc_len=260)
+    tokens = next(DictionaryBatches(task, batch_size=2, window=64, k=2))["inputs"]
+    assert tokens.min() >= 100 and tokens.max() < 100 + task.vocab_size == 427
+    task.check_vocab(427)
+    with pytest.raises(ValueError, match="vocab_size 426, but the dictionary task needs 427 ids"):
+        task.check_vocab(426)
+    with pytest.raises(ValueError, match="queries=12 must be fewer than the 12 definitions"):
+        DictionaryTaskConfig(queries=12)
+    with pytest.raises(ValueError, match="page_len=8 holds 1 item"):
+        DictionaryTaskConfig(page_len=8)
+    with pytest.raises(ValueError, match="key_groups=2 gives 2\\*\\*3 keys, fewer than the 12"):
+        DictionaryTaskConfig(key_groups=2)
+    with pytest.raises(ValueError, match="key_len must be a positive int"):
+        DictionaryTaskConfig(key_len=0)
     with pytest.raises(ValueError, match="unknown key"):
         DictionaryTaskConfig.from_dict({"letters": 64})
-    with pytest.raises(ValueError, match="distinct keys"):
-        make_document(DictionaryTaskConfig(num_letters=2, key_len=2), 100, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="not divisible by k=2"):
-        DictionaryBatches(TASK, batch_size=3, window=256, k=2)
+    with pytest.raises(ValueError, match="distinct keys but only 4\\*\\*2 exist"):
+        make_document(DictionaryTaskConfig(key_letters=4, key_len=2), 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not divisible by config.data.k=2"):
+        DictionaryBatches(TASK, batch_size=3, window=64, k=2)
+    with pytest.raises(ValueError, match="window 96 is not a multiple of config.data.synthetic.page_len=64"):
+        DictionaryBatches(TASK, batch_size=2, window=96, k=2)
+    save_task(PAPER, tmp_path)
+    assert load_task(tmp_path) == PAPER and load_task(tmp_path / "missing") is None
+    (tmp_path / "dictionary_task.json").write_text("{not json")
+    with pytest.raises(ValueError, match="dictionary_task.json is not a valid task layout"):
+        load_task(tmp_path)
 
 
 def tiny_dict_config(workdir, steps=3, *extra):
@@ -163,12 +216,9 @@ def tiny_dict_config(workdir, steps=3, *extra):
             "--config.model.intermediate_size=64",
             "--config.model.num_hidden_layers=2",
             "--config.model.num_attention_heads=2",
-            "--config.model.max_position_embeddings=64",
-            "--config.model.last_context_length=32",
+            "--config.model.num_key_value_heads=1",
             "--config.model.mem_layers=(1,)",
-            "--config.data.batch_size=4",
-            "--config.data.synthetic.doc_len=128",
-            "--config.data.synthetic.query_len=64",
+            "--config.data.batch_size=8",
             f"--config.train.steps={steps}",
             "--config.train.warmup_steps=1",
             "--config.train.log_every=1",
@@ -176,7 +226,9 @@ def tiny_dict_config(workdir, steps=3, *extra):
             "--config.train.eval_every=0",
             "--config.train.async_checkpointing=False",
             "--config.fot.cross_batch_range=3",
+            "--config.fot.initial_range=1",
             "--config.fot.switch_step=2",
+            "--config.fot.switch_accuracy=-1",
             *extra,
         ]
     )
@@ -187,11 +239,12 @@ def test_a_few_fot_training_steps_on_the_dictionary_task(tmp_path):
     assert np.isfinite(last["loss"]) and 0.0 <= last["accuracy"] <= 1.0
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["cross_batch_range"] for r in lines] == [1, 1, 3]  # d curriculum: C_prev only, then all rows
-    assert all(r["tokens"] == 2 * 6 * 4 for r in lines)  # 2 documents x 6 queries x 4 values per step
+    assert all(0 < r["tokens"] <= 4 * 6 for r in lines)  # 4 documents x at most 6 single-letter query values
+    assert load_task(tmp_path / "run") == DictionaryTaskConfig.from_dict(tiny_dict_config(tmp_path).data.synthetic)
 
 
 def test_build_data_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"unknown synthetic task 'synthetic:sorting'.*known: synthetic:dictionary"):
         build_data(tiny_dict_config(tmp_path, 3, "--config.data.source.path=synthetic:sorting"))
-    with pytest.raises(ValueError, match="config.model has vocab_size 64, but the dictionary task needs 71"):
+    with pytest.raises(ValueError, match="config.model has vocab_size 64, but the dictionary task needs"):
         build_data(tiny_dict_config(tmp_path, 3, "--config.model.vocab_size=64"))
