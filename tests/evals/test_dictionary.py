@@ -51,7 +51,12 @@ def reference_argmax(model, docs, cfg, window):
 
 @pytest.mark.parametrize(
     ("mem_layers", "backend", "memory"),
-    [((0, 1), "dense", "dense"), ((0, 1), "faiss:flat", "faiss"), ((1,), "topk", "dense"), ((1,), "faiss:flat", "faiss")],
+    [
+        ((0, 1), "dense", "dense"),
+        ((0, 1), "faiss:flat", "faiss"),
+        ((1,), "topk", "dense"),
+        ((1,), "faiss:flat", "faiss"),
+    ],
 )
 def test_streamed_scoring_equals_argmax_of_the_full_forward_pass(mem_layers, backend, memory):
     """Filling without the last memory layer's read (batched for one memory layer), and keeping only query
