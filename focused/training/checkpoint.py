@@ -230,6 +230,12 @@ class TrainCheckpoints:
             except Exception as error:  # any failure to read a step makes it unusable; try the one before
                 failed.append((step, describe(error, 160)))
                 continue
+            if failed and jax.process_count() > 1:  # moving folders is not coordinated between processes
+                s, why = failed[0]
+                raise TrainingError(
+                    f"checkpoint step {s} cannot be restored ({why}) but step {step} can: move {self.path(s)} out of "
+                    f"{self.directory} and rerun to resume from step {step}"
+                )
             if failed:
                 self._set_aside(failed, step)
             self.last_saved = step

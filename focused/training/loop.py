@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_documents, load_tokenizer
-from focused.data.synthetic import DictionaryBatches, synthetic_batches
+from focused.data.synthetic import TASK_FILE, DictionaryBatches, save_task, synthetic_batches
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
 from focused.training import sharding
@@ -46,15 +46,8 @@ from focused.training.run_dir import RunDirectory
 from focused.training.signals import StopSignals
 from focused.training.step import make_eval_step, make_train_step
 
-__all__ = [
-    "TrainingError",
-    "TrainingInterrupted",
-    "build_data",
-    "build_model",
-    "make_eval_step",
-    "make_train_step",
-    "train",
-]
+__all__ = ["TrainingError", "TrainingInterrupted", "build_data", "build_model", "make_train_step", "train"]
+# fields that must be positive integers, by config section
 POSITIVE_FIELDS = {
     "data": ("batch_size", "k"),
     "model": (
@@ -190,7 +183,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     model_cfg = model_config(config)
     for line in cfg.warnings():
         print(f"warning: {line}", file=sys.stderr)
-    with RunDirectory(config.workdir) as run:
+    sharding.maybe_initialize_distributed()  # before anything touches a device (jax.process_index included)
+    with RunDirectory(config.workdir, primary=jax.process_index() == 0) as run:
         run.check_model_config(model_cfg)  # before anything in the run directory is touched
         return _train(config, cfg, fot, model_cfg, run, began)
 
@@ -212,7 +206,6 @@ def _train(
     packer = build_data(config)
     tokenizer_file = _tokenizer_file(packer)
     run.check_tokenizer(tokenizer_file, str(config.data.get("tokenizer", "")))
-    sharding.maybe_initialize_distributed()
     mesh_cfg, rules = sharding.from_config(config.get("sharding"))
     mesh = sharding.make_mesh(mesh_cfg)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -241,24 +234,15 @@ def _train(
 
     schedule = RangeSchedule(fot, config.data.k)
     ckpts = TrainCheckpoints(run.path, cfg.keep_checkpoints, cfg.async_checkpointing)
-    start = 0
-    restored = ckpts.restore(sharding.sharded_abstract(nnx.to_pure_dict(params)), sharding.sharded_abstract(opt_state))
-    for line in ckpts.warnings:
-        print(f"warning: {line}", file=sys.stderr)
-    if restored is not None:
-        start, state = restored
-        nnx.replace_by_pure_dict(params, state["params"])
-        opt_state = state["opt_state"]
-        try:
-            packer.set_state(state["extra"]["data"])
-        except (KeyError, ValueError) as error:
-            raise TrainingError(
-                f"cannot resume {run.path} at step {start}: the data settings differ from the run's ({error}); use "
-                "the run's config.data values, or pick another config.workdir"
-            ) from None
-        schedule.switched = state["extra"].get("range_switched", schedule.switched)
-        print(f"resumed from {ckpts.path(start)}")
+    try:
+        start, opt_state = _resume(ckpts, params, opt_state, packer, schedule, run)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ckpts.finish()
+        raise
     run.record(model_cfg, tokenizer_file)  # the run is known to be consistent now
+    if isinstance(packer, DictionaryBatches) and run.primary:
+        save_task(packer.task, run.path)  # evals and exports read the task layout from the run directory
 
     steps: dict[int, Any] = {}  # one compiled step per CrossBatch range
 
@@ -353,8 +337,33 @@ def _train(
         from focused.convert import export_hf
 
         model = nnx.merge(graphdef, params)
-        export_hf(model, model.config, config.export_dir, tokenizer_dir=find_tokenizer_dir(run.path))
+        task = [run.path / TASK_FILE] if isinstance(packer, DictionaryBatches) else []
+        export_hf(model, model.config, config.export_dir, tokenizer_dir=find_tokenizer_dir(run.path), extra_files=task)
     return last
+
+
+def _resume(
+    ckpts: TrainCheckpoints, params: nnx.State, opt_state: Any, packer: Any, schedule: RangeSchedule, run: RunDirectory
+) -> tuple[int, Any]:
+    """Restores the newest readable checkpoint into `params` (in place), the packer and the CrossBatch schedule.
+    Returns (step to continue from, optimizer state); (0, `opt_state`) for a fresh run."""
+    restored = ckpts.restore(sharding.sharded_abstract(nnx.to_pure_dict(params)), sharding.sharded_abstract(opt_state))
+    for line in ckpts.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if restored is None:
+        return 0, opt_state
+    start, state = restored
+    nnx.replace_by_pure_dict(params, state["params"])
+    try:
+        packer.set_state(state["extra"]["data"])
+    except (KeyError, ValueError) as error:
+        raise TrainingError(
+            f"cannot resume {run.path} at step {start}: the data settings differ from the run's ({error}); use "
+            "the run's config.data values, or pick another config.workdir"
+        ) from None
+    schedule.switched = state["extra"].get("range_switched", schedule.switched)
+    print(f"resumed from {ckpts.path(start)}")
+    return start, state["opt_state"]
 
 
 def _interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: TrainCheckpoints) -> TrainingInterrupted:

@@ -8,7 +8,8 @@
 
 The lock is `fcntl.flock` on `<workdir>/train.lock`, which holds the PID of the process that has it. The kernel
 drops the lock when that process ends, however it ends (kill -9 included), so a lock is never stale; the file
-itself stays behind and is reused.
+itself stays behind and is reused. In a multi-process (multi-host) job only process 0 locks and records; the
+others share its run directory.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
 class RunDirectory:
     """`config.workdir` of a training run, held with an exclusive lock while training writes into it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, primary: bool = True):
+        """primary: this process locks the directory and records the config (process 0 of a multi-process job)."""
         self.path = Path(path).absolute()
+        self.primary = primary
         self._fd: int | None = None
 
     # ----------------------------------------------------------------------------------------------------------
@@ -50,6 +53,8 @@ class RunDirectory:
         for path in (self.path, self.path / "checkpoints", self.path / "metrics.jsonl", self.path / LOCK_NAME):
             if path.exists() and not os.access(path, os.W_OK):
                 raise self._not_writable(f"{path.name} is read-only" if path != self.path else "read-only")
+        if not self.primary:
+            return
         try:
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
@@ -133,6 +138,8 @@ class RunDirectory:
 
     def record(self, config: LlamaConfig, tokenizer_file: Path | None) -> None:
         """Writes `model_config.json` and copies the tokenizer into `<run>/tokenizer/`, each only when absent."""
+        if not self.primary:
+            return
         if not (self.path / CONFIG_NAME).is_file():
             write_model_config(config, self.path)
         recorded = self.path / TOKENIZER_DIR

@@ -405,3 +405,20 @@ def test_case2_and_6_checkpoint_guards_without_a_model(tmp_path):
     again.finish()
     assert "\n" not in str(info.value)
     assert snapshot(tmp_path) == before and not (tmp_path / "unreadable_checkpoints").exists()
+
+
+def test_case12_export_of_a_run_carries_its_tokenizer_with_ordinary_permissions(reference, tmp_path, capsys):
+    from focused.evals.runner import Checkpoint
+
+    run, hf = reference[0], tmp_path / "hf"
+    old = os.umask(0o022)
+    try:
+        assert convert_main(["export", "--checkpoint", str(run), "--out", str(hf)]) == 0
+    finally:
+        os.umask(old)
+    assert (hf / "tokenizer.json").read_bytes() == (run / "tokenizer" / "tokenizer.json").read_bytes()
+    assert oct(hf.stat().st_mode & 0o777) == "0o755"
+    assert {oct(p.stat().st_mode & 0o777) for p in hf.iterdir()} == {"0o644"}
+    assert Checkpoint(str(run), "run").load_tokenizer().source == str(run / "tokenizer" / "tokenizer.json")
+    step = run / "checkpoints" / str(STEPS)
+    assert Checkpoint(str(step), "step").load_tokenizer().source == str(run / "tokenizer" / "tokenizer.json")
