@@ -25,6 +25,7 @@ from focused.cli import quiet_libraries
 from focused.convert.export import export_hf
 from focused.convert.hf import FORMATS, is_empty_dir, parse_size, staging
 from focused.convert.load import import_hf
+from focused.data.synthetic import TASK_FILE
 from focused.model.config import DTYPES
 from focused.training.checkpoint import find_tokenizer_dir, load_model, save_model
 
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def task_files(checkpoint: str | Path) -> list[Path]:
+    """The synthetic-task layout a checkpoint was trained on (run directory or the run above a step directory)."""
+    for folder in (Path(checkpoint), Path(checkpoint).parent.parent):
+        if (folder / TASK_FILE).is_file():
+            return [folder / TASK_FILE]
+    return []
+
+
 def run_export(args: argparse.Namespace) -> Path:
     parse_size(args.max_shard_size)  # fail on a bad size before loading the checkpoint
     tokenizer = args.tokenizer
@@ -80,6 +89,7 @@ def run_export(args: argparse.Namespace) -> Path:
         dtype=args.dtype,
         overwrite=args.overwrite,
         tokenizer_dir=None if args.no_tokenizer else tokenizer,
+        extra_files=task_files(args.checkpoint),
     )
 
 

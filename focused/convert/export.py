@@ -10,7 +10,7 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +174,14 @@ def export_hf(
     dtype: str | None = None,
     overwrite: bool = False,
     tokenizer_dir: str | Path | None = None,
+    extra_files: Sequence[str | Path] = (),
 ) -> Path:
     """Writes a Hugging Face folder for `model_or_params` (a model, or a nested params dict) and returns its path.
 
     format: "longllama" (`LongLlamaForCausalLM` config with the FoT fields) or "llama" (plain `LlamaForCausalLM`).
     max_shard_size: shard above this many bytes (`"2GB"`, `"500MB"`, an int). dtype: storage dtype of the
     tensors ("float32", "bfloat16", "float16"; None keeps the parameters' dtype). tokenizer_dir: copy the
-    tokenizer files found there.
+    tokenizer files found there. extra_files: more files copied in as they are (e.g. a task layout).
     """
     limit = parse_size(max_shard_size)
     target_dtype = resolve_dtype(dtype) if dtype is not None else None
@@ -202,7 +203,7 @@ def export_hf(
         (staged.path / "config.json").write_text(config_text)
         _write_json(staged.path / "generation_config.json", generation)
         _write_tensors(staged.path, flat, tensor_specs(config), target_dtype, limit)
-        for path in tokenizer:
+        for path in [*tokenizer, *map(Path, extra_files)]:
             shutil.copyfile(path, staged.path / path.name)
         if not overwrite and target.exists() and not is_empty_dir(target):
             differ = _differences(staged.path, target)
