@@ -1,0 +1,115 @@
+"""Dictionary lookup end to end (issue: "a FoT model retrieves key-value pairs from 16M tokens of memory").
+
+Trains the three models of the experiment, exports them as Hugging Face folders that carry their task layout,
+evaluates accuracy vs memory size (64 … 16M tokens of definitions, FAISS flat with k = 32 above 64K tokens) and
+writes the table (results.md), the numbers (results.json) and the plot (plot.png):
+
+    python experiments/dictionary_lookup.py            # the full experiment (see README "Results" for wall times)
+    python experiments/dictionary_lookup.py --smoke    # the same pipeline at toy size (about a minute; CI runs it)
+
+    models: configs/dict_lookup_fot.py       FoT: memory layer + CrossBatch with the d curriculum
+            configs/dict_lookup_d1.py        the distraction ablation: the same model trained with d = 1 only
+            configs/dict_lookup_baseline.py  no memory layers, a window of two pages
+
+Training resumes where a previous invocation stopped (each run directory keeps its checkpoints), so a long run can
+be interrupted and restarted with the same command; `--skip-train` evaluates whatever the run directories hold.
+Extra `--config.X=Y` arguments are applied to every training config (e.g. `--config.train.steps=2000`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("dict_lookup_fot", "dict_lookup_d1", "dict_lookup_baseline")
+SMOKE_TRAIN = (
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
+    "--config.model.num_attention_heads=2",
+    "--config.model.num_key_value_heads=1",
+    "--config.data.batch_size=8",
+    "--config.train.steps=4",
+    "--config.train.warmup_steps=1",
+    "--config.train.log_every=2",
+    "--config.train.save_every=0",
+    "--config.train.async_checkpointing=False",
+    "--config.fot.switch_accuracy=-1",
+    "--config.fot.switch_step=2",
+)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="extra --config.X=Y: training")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: the whole pipeline in about a minute")
+    parser.add_argument("--runs", default="runs", help="parent of the training run directories")
+    parser.add_argument("--models", default="models", help="parent of the exported Hugging Face folders")
+    parser.add_argument("--out", default="results/dictionary", help="where results.json/md and plot.png go")
+    parser.add_argument("--sizes", default="", help="memory sizes in tokens, comma-separated (default: the eval's)")
+    parser.add_argument("--trials", type=int, default=0, help="documents per size (default: the eval config's)")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate the run directories as they are")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
+    known, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unexpected argument(s) {bad}")
+    return known, extra
+
+
+def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> Path:
+    """Trains (or resumes) configs/<name>.py into <runs>/<name> and exports it to <models>/<name>."""
+    from focused.config import load_config
+    from focused.convert.export import export_hf
+    from focused.data.synthetic import TASK_FILE, load_task
+    from focused.training.checkpoint import load_model
+    from focused.training.loop import train
+
+    run_dir = Path(args.runs) / name
+    overrides = [*(SMOKE_TRAIN if args.smoke else ()), *extra, f"--config.workdir={run_dir}"]
+    config = load_config(["train.py", "--config", str(ROOT / "configs" / f"{name}.py"), *overrides])
+    if not args.skip_train:
+        start = time.perf_counter()
+        train(config)
+        print(f"{name}: trained in {time.perf_counter() - start:.0f} s ({run_dir})", flush=True)
+    if load_task(run_dir) is None:
+        raise SystemExit(f"error: {run_dir} carries no {TASK_FILE}: it was not trained on the dictionary task")
+    model = load_model(run_dir)
+    out = Path(args.models) / name
+    return export_hf(model, model.config, out, overwrite=args.overwrite, extra_files=[run_dir / TASK_FILE])
+
+
+def evaluate(folders: list[Path], args: argparse.Namespace) -> None:
+    from focused.config import load_config
+    from focused.evals.runner import run
+
+    overrides = [
+        f"--config.checkpoints={tuple(str(f) for f in folders)!r}",
+        f"--config.labels={tuple(f.name.removeprefix('dict_lookup_') for f in folders)!r}",
+        f"--config.out_dir={args.out}",
+        f"--config.memory.index.values_path={Path(args.out) / 'memmap'}",
+        f"--config.overwrite={args.overwrite}",
+    ]
+    if args.smoke:  # 1 and 4 pages on the device, 16 pages through a flat FAISS index
+        overrides += ["--config.dictionary.sizes=(64,256,1024)", "--config.dictionary.device_up_to=256"]
+        overrides += ["--config.dictionary.trials=2", "--config.progress=False"]
+    if args.sizes:
+        overrides.append(f"--config.dictionary.sizes=({args.sizes},)")
+    if args.trials:
+        overrides.append(f"--config.dictionary.trials={args.trials}")
+    results = run(load_config(["eval.py", "--config", str(ROOT / "configs" / "eval_dictionary.py"), *overrides]))
+    print(f"results: {args.out}/results.md, {args.out}/plot.png ({len(results.series)} models)")
+
+
+def main(argv: list[str]) -> int:
+    args, extra = parse_args(argv)
+    start = time.perf_counter()
+    folders = [train_and_export(name, args, extra) for name in MODELS]
+    evaluate(folders, args)
+    print(f"dictionary lookup experiment done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
