@@ -3,15 +3,22 @@
 A document is a run of *pages* of ``page_len`` tokens (one page = one model window, so an item never straddles a
 window): ``def_pages`` pages of definitions, then ``query_pages`` pages of queries.
 
-    <k> a1 a2 a3 v  <k> b1 b2 b3 w  ...  <f> <f>        a page of definitions (``page_len`` tokens)
-    <q> b1 b2 b3 w  <q> ...              <f> <f>        a page of queries
+    a1 a2 a3 v  b1 b2 b3 w  c1 c2 c3 x  ...  <f>       a page of definitions (``page_len`` tokens)
+    b1 b2 b3 w  e1 e2 e3 y  b1 b2 b3 w  ...  <f>       a page of queries
 
 Keys are ``key_len`` letters from ``key_letters`` key-letter ids; values are ``value_len`` letters from
 ``value_letters`` value ids (a separate alphabet, so that a value can never be mistaken for a key). Keys never
 repeat inside a document. A query repeats the key of a definition of the same document and is answered with its
-value; ``queries`` definitions are asked, drawn *without replacement*, fewer than there are definitions, so a model
-that cannot match keys has no elimination shortcut (`key_free_accuracy`). With ``value_marker`` a ``<v>`` token
-separates key and value (the paper's ``<k> k1..k4 <v> v1..v4`` layout); without it lookup is a one-step copy.
+value (lookup is a one-step copy); the best strategy that ignores keys scores ~1/definitions (`key_free_accuracy`).
+With ``markers`` every definition starts with ``<k>`` and every query with ``<q>``, and with ``value_marker`` a
+``<v>`` token separates key and value: the paper's ``<k> k1..k4 <v> v1..v4`` layout.
+
+Queries of *training* documents are drawn with replacement (``repeat_queries``), filling the query pages: a
+definition may be asked twice, so there is no elimination shortcut (the key-free level is exactly 1/n), and the
+repeats are the stepping stone the lookup circuit needs. Measured with 2-layer models on 2 CPU cores: with every
+definition asked once (without replacement) the loss sat at the key-free level for 3,350+ steps; with replacement
+lookup was learned in ~150 steps; `<k>`/`<q>` markers stalled it again (400+ steps). Evaluation documents ask
+distinct definitions (without replacement), so every answer has to come from the definitions.
 
 Training documents can make lookup learnable sooner and keep it honest at scale:
 
@@ -66,9 +73,10 @@ class DictionaryTaskConfig:
     """`config.data.synthetic`: the layout of the dictionary task (see the module docstring).
 
     key_letters, key_len: key alphabet and letters per key.   value_letters, value_len: the same for values.
-    value_marker: put `<v>` between key and value (paper layout).   page_len: tokens per page (= model window).
-    def_pages, query_pages: pages of definitions / queries per training document.
-    queries: definitions asked per document, without replacement (0 = half of them, at most the query pages' room).
+    markers: start definitions with `<k>` and queries with `<q>`.   value_marker: `<v>` between key and value.
+    page_len: tokens per page (= model window).   def_pages, query_pages: pages per training document.
+    queries: queries per document (0 = fill the query pages; evaluation documents ask at most half the definitions).
+    repeat_queries: training documents draw queries with replacement (evaluation documents never do).
     min_defs: training pages hold min_defs .. a full page of definitions (0 = always full).
     key_groups: letters per key position in a training document (0 = the whole alphabet).
     offset: added to every token id.
@@ -78,11 +86,13 @@ class DictionaryTaskConfig:
     key_len: int = 3
     value_letters: int = 64
     value_len: int = 1
+    markers: bool = False
     value_marker: bool = False
     page_len: int = 64
     def_pages: int = 1
     query_pages: int = 1
     queries: int = 0
+    repeat_queries: bool = True
     min_defs: int = 0
     key_groups: int = 0
     offset: int = 0
@@ -106,10 +116,10 @@ class DictionaryTaskConfig:
             )
         if self.min_defs > self.items_per_page:
             raise ValueError(f"{where}.min_defs={self.min_defs} exceeds the {self.items_per_page} items of a page")
-        if self.queries >= self.defs_per_document:
+        if not self.repeat_queries and self.queries >= self.defs_per_document:
             raise ValueError(
                 f"{where}.queries={self.queries} must be fewer than the {self.defs_per_document} definitions of a "
-                "document (the elimination shortcut)"
+                "document when queries are drawn without replacement (the elimination shortcut)"
             )
         if self.queries > self.query_capacity:
             raise ValueError(f"{where}.queries={self.queries} does not fit {self.query_pages} query page(s)")
@@ -127,8 +137,8 @@ class DictionaryTaskConfig:
 
     @property
     def item_len(self) -> int:
-        """Tokens per definition or query: marker, key, optional `<v>`, value."""
-        return 1 + self.key_len + int(self.value_marker) + self.value_len
+        """Tokens per definition or query: optional marker, key, optional `<v>`, value."""
+        return int(self.markers) + self.key_len + int(self.value_marker) + self.value_len
 
     @property
     def items_per_page(self) -> int:
@@ -148,8 +158,11 @@ class DictionaryTaskConfig:
         """Tokens of a training document."""
         return (self.def_pages + self.query_pages) * self.page_len
 
-    def num_queries(self, n_defs: int) -> int:
-        """Queries asked of a document with `n_defs` definitions (always fewer than n_defs when n_defs > 1)."""
+    def num_queries(self, n_defs: int, repeat: bool = False) -> int:
+        """Queries asked of a document with `n_defs` definitions; without `repeat` (distinct definitions asked)
+        always fewer than n_defs."""
+        if repeat:
+            return self.queries or self.query_capacity
         asked = self.queries or max(1, n_defs // 2)
         return max(1, min(asked, n_defs - 1, self.query_capacity))
 
@@ -200,14 +213,17 @@ def load_task(folder: str | os.PathLike) -> DictionaryTaskConfig | None:
     return None
 
 
-def key_free_accuracy(task: DictionaryTaskConfig, n_defs: int | None = None) -> float:
+def key_free_accuracy(task: DictionaryTaskConfig, n_defs: int | None = None, training: bool = True) -> float:
     """Expected query accuracy of the best strategy that never matches keys, for a document of full pages.
 
-    Without the key, every definition not asked yet is equally likely to be the one asked (queries are drawn
-    without replacement, values are distinct inside a document up to `value_letters`), so the best a model can
-    do is name the value of one of them: query j (0-based) of q is right with probability 1 / (n_defs - j).
+    Values are distinct inside a document (while `value_letters` allows), so without the key every candidate
+    definition is equally likely. Training documents draw queries with replacement (`repeat_queries`): every
+    query is any of the n definitions, 1/n. Drawn without replacement (evaluation documents), the definitions not
+    asked yet remain: query j (0-based) is right with probability 1 / (n - j).
     """
     n = n_defs or task.defs_per_document
+    if training and task.repeat_queries:
+        return 1.0 / n
     q = task.num_queries(n)
     return float(np.mean([1.0 / (n - j) for j in range(q)]))
 
@@ -228,7 +244,7 @@ class DictionaryDocument:
 
     keys: `[n_defs, key_len]` int32 letters (distinct rows).   values: `[n_defs, value_len]` int32 letters.
     page_defs: `[def_pages]` definitions on each page (the rest of a page is filler).
-    queried: `[n_queries]` int, the definition each query asks for (distinct).
+    queried: `[n_queries]` int, the definition each query asks for (distinct unless drawn with replacement).
     """
 
     task: DictionaryTaskConfig
@@ -256,12 +272,13 @@ class DictionaryDocument:
     def _items(self, rows: np.ndarray, offsets: np.ndarray, marker: int) -> np.ndarray:
         """Local ids of item tokens: `rows` (definition index) and `offsets` (0..item_len-1), both `[n]`."""
         t = self.task
+        start = int(t.markers)
         out = np.full(rows.shape, marker, np.int32)
-        is_key = (offsets >= 1) & (offsets <= t.key_len)
-        out[is_key] = NUM_SPECIALS + self.keys[rows[is_key], offsets[is_key] - 1]
-        first_value = 1 + t.key_len + int(t.value_marker)
+        is_key = (offsets >= start) & (offsets < start + t.key_len)
+        out[is_key] = NUM_SPECIALS + self.keys[rows[is_key], offsets[is_key] - start]
+        first_value = start + t.key_len + int(t.value_marker)
         if t.value_marker:
-            out[offsets == t.key_len + 1] = VALUE
+            out[offsets == start + t.key_len] = VALUE
         is_value = offsets >= first_value
         out[is_value] = NUM_SPECIALS + t.key_letters + self.values[rows[is_value], offsets[is_value] - first_value]
         return out
@@ -305,7 +322,8 @@ def make_document(
 
     Evaluation documents (`training=False`) have full pages and uniformly random distinct keys. Training documents
     apply `task.min_defs` (random definitions per page) and `task.key_groups` (keys from a few letters per
-    position). Values are distinct inside a document while `value_letters` allows.
+    position) and draw queries with replacement (`task.repeat_queries`). Values are distinct inside a document
+    while `value_letters` allows.
     """
     if not isinstance(def_pages, int | np.integer) or def_pages < 1:
         raise ValueError(f"a dictionary document needs at least one page of definitions, got {def_pages!r}")
@@ -337,7 +355,8 @@ def make_document(
         values = rng.choice(task.value_letters, size=(n_defs, 1), replace=False)
     else:
         values = rng.integers(0, task.value_letters, size=(n_defs, task.value_len))
-    queried = rng.choice(n_defs, size=task.num_queries(n_defs), replace=False)
+    repeat = training and task.repeat_queries
+    queried = rng.choice(n_defs, size=task.num_queries(n_defs, repeat), replace=repeat)
     return DictionaryDocument(
         task, keys.astype(np.int32), values.astype(np.int32), page_defs.astype(np.int64), queried.astype(np.int64)
     )

@@ -198,7 +198,9 @@ def evaluate_dictionary(
                 "queries": len(hits),
                 "accuracy": float(hits.mean()),
                 "token_accuracy": float(token_hits.mean()),
-                "key_free_accuracy": round(key_free_accuracy(task, size // task.page_len * task.items_per_page), 5),
+                "key_free_accuracy": round(
+                    key_free_accuracy(task, size // task.page_len * task.items_per_page, training=False), 5
+                ),
                 "backend": backend,
                 "seconds": round(time.perf_counter() - start, 3),
                 "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),

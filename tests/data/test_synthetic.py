@@ -22,36 +22,40 @@ from focused.data.synthetic import (
 from focused.training.loop import build_data, train
 
 TASK = DictionaryTaskConfig()  # the default layout: 3-letter keys over 256 letters, 1 value of 64, pages of 64
-PAPER = DictionaryTaskConfig(key_letters=64, key_len=4, value_letters=64, value_len=4, value_marker=True, page_len=256)
+PAPER = DictionaryTaskConfig(
+    key_letters=64, key_len=4, value_letters=64, value_len=4, markers=True, value_marker=True, page_len=256
+)
 
 
-def parse(tokens: np.ndarray, task: DictionaryTaskConfig) -> tuple[dict, list, np.ndarray]:
+def parse(tokens: np.ndarray, task: DictionaryTaskConfig, first_query: int) -> tuple[dict, list, np.ndarray]:
     """Reads a document's tokens independently of the generator: (definitions {key: value}, queries [(key,
-    value)], `[len]` bool flags on the query value tokens). Checks that no item straddles a page."""
+    value)], `[len]` bool flags on the query value tokens). Tokens from `first_query` on are queries. Checks that
+    no item straddles a page."""
     local = np.asarray(tokens) - task.offset
     first_value = NUM_SPECIALS + task.key_letters
     defs, queries, flags = {}, [], np.zeros(len(local), bool)
     i = 0
     while i < len(local):
-        if local[i] in (KEY, QUERY):
-            assert i // task.page_len == (i + task.item_len - 1) // task.page_len, "an item straddles a page"
-            item = local[i : i + task.item_len]
-            key = tuple(item[1 : 1 + task.key_len])
-            if task.value_marker:
-                assert item[1 + task.key_len] == VALUE
-            value = tuple(item[task.item_len - task.value_len :])
-            assert all(NUM_SPECIALS <= x < first_value for x in key)
-            assert all(first_value <= x < first_value + task.value_letters for x in value)
-            if local[i] == KEY:
-                assert key not in defs, "a key is defined twice in one document"
-                defs[key] = value
-            else:
-                queries.append((key, value))
-                flags[i + task.item_len - task.value_len : i + task.item_len] = True
-            i += task.item_len
-        else:
-            assert local[i] == FILL
+        if local[i] == FILL:
             i += 1
+            continue
+        assert i // task.page_len == (i + task.item_len - 1) // task.page_len, "an item straddles a page"
+        item = list(local[i : i + task.item_len])
+        if task.markers:
+            assert item.pop(0) == (QUERY if i >= first_query else KEY)
+        key = tuple(item[: task.key_len])
+        if task.value_marker:
+            assert item[task.key_len] == VALUE
+        value = tuple(item[len(item) - task.value_len :])
+        assert all(NUM_SPECIALS <= x < first_value for x in key)
+        assert all(first_value <= x < first_value + task.value_letters for x in value)
+        if i < first_query:
+            assert key not in defs, "a key is defined twice in one document"
+            defs[key] = value
+        else:
+            queries.append((key, value))
+            flags[i + task.item_len - task.value_len : i + task.item_len] = True
+        i += task.item_len
     return defs, queries, flags
 
 
@@ -64,7 +68,7 @@ def test_keys_never_repeat_and_queries_ask_distinct_defined_keys(task, pages):
         pos = np.arange(doc.length)
         tokens = doc.tokens(pos)
         assert tokens.min() >= 0 and tokens.max() < task.vocab_size
-        defs, queries, flags = parse(tokens, task)
+        defs, queries, flags = parse(tokens, task, doc.defs_len)
         assert len(defs) == pages * task.items_per_page == doc.n_defs
         assert len(queries) == task.num_queries(doc.n_defs) < len(defs)  # fewer queries than definitions
         assert len({k for k, _ in queries}) == len(queries)  # asked without replacement
@@ -75,34 +79,39 @@ def test_keys_never_repeat_and_queries_ask_distinct_defined_keys(task, pages):
 
 
 def test_key_free_guessing_is_at_most_an_eighth_for_the_default_layout():
-    """The best strategy that ignores keys names the value of a definition not asked yet; simulate it too."""
-    level = key_free_accuracy(TASK)
-    assert level <= 1 / 8
+    """The best strategy that ignores keys: name the value of a definition that can still be asked. Simulated on
+    training documents (queries with replacement: any definition) and evaluation documents (without replacement:
+    one not asked yet); both are within 1/8 and match `key_free_accuracy`."""
     rng = np.random.default_rng(0)
-    hits = []
-    for _ in range(400):
-        doc = make_document(TASK, TASK.def_pages, rng)
-        remaining = list(range(doc.n_defs))
-        for asked in doc.queried:
-            guess = remaining[rng.integers(len(remaining))]
-            hits.append(doc.values[guess, 0] == doc.values[asked, 0])
-            remaining.remove(asked)  # the answer is seen once the query is over
-    assert abs(np.mean(hits) - level) < 0.02
-    # values are distinct inside a training document, so no value is a safer guess than another
+    for training in (True, False):
+        level = key_free_accuracy(TASK, training=training)
+        assert level <= 1 / 8
+        hits = []
+        for _ in range(400):
+            doc = make_document(TASK, TASK.def_pages, rng, training=training)
+            remaining = list(range(doc.n_defs))
+            for asked in doc.queried:
+                guess = remaining[rng.integers(len(remaining))]
+                hits.append(doc.values[guess, 0] == doc.values[asked, 0])
+                if not training:
+                    remaining.remove(asked)  # the answer is seen once the query is over
+        assert abs(np.mean(hits) - level) < 0.02
+    assert key_free_accuracy(TASK, training=True) == 1 / 16
+    # values are distinct inside a document, so no value is a safer guess than another
     assert all(len(set(make_document(TASK, 1, rng).values[:, 0])) == TASK.items_per_page for _ in range(10))
 
 
 def test_training_documents_vary_definitions_and_share_key_letters():
-    task = DictionaryTaskConfig(min_defs=2, key_groups=3)
+    task = DictionaryTaskConfig(min_defs=2, key_groups=4)
     rng = np.random.default_rng(1)
     counts = set()
     for _ in range(50):
         doc = make_document(task, 2, rng, training=True)
         counts.add(int(doc.n_defs))
-        defs, queries, _ = parse(doc.tokens(np.arange(doc.length)), task)
-        assert len(defs) == doc.n_defs and len(queries) < doc.n_defs
+        defs, queries, _ = parse(doc.tokens(np.arange(doc.length)), task, doc.defs_len)
+        assert len(defs) == doc.n_defs and len(queries) == task.items_per_page  # the query page is full
         for j in range(task.key_len):  # every key position uses at most key_groups letters
-            assert len({k[j] for k in defs}) <= 3
+            assert len({k[j] for k in defs}) <= 4
     assert min(counts) < 2 * task.items_per_page and max(counts) > 4
     full = make_document(task, 2, rng)  # evaluation documents: full pages, keys from the whole alphabet
     assert full.n_defs == 2 * task.items_per_page
@@ -120,7 +129,8 @@ def test_batches_mask_only_query_values_and_follow_the_packing_convention():
         }
         np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])  # inputs[t] -> targets[t]
         np.testing.assert_array_equal(batch["targets"][0::2, -1], batch["inputs"][1::2, 0])  # rows of a group
-        assert (batch["inputs"][1::2, 0] == QUERY).all() and (batch["inputs"][0::2, 0] == KEY).all()
+        key_letter = (batch["inputs"] >= NUM_SPECIALS) & (batch["inputs"] < NUM_SPECIALS + TASK.key_letters)
+        assert key_letter[:, 0].all()  # every page starts with an item
     for lane in range(2):  # a lane's stream, read back from consecutive windows, parses as whole documents
         stream = np.concatenate([b["inputs"][lane * 2 + j] for b in rows for j in range(2)])
         targets = np.concatenate([b["targets"][lane * 2 + j] for b in rows for j in range(2)])
@@ -128,12 +138,12 @@ def test_batches_mask_only_query_values_and_follow_the_packing_convention():
         np.testing.assert_array_equal(targets[:-1], stream[1:])  # also across batches
         for d in range(3):
             doc = stream[d * 128 : (d + 1) * 128]
-            defs, queries, flags = parse(doc, TASK)
-            assert len(defs) == 12 and len(queries) == 6
+            defs, queries, flags = parse(doc, TASK, 64)
+            assert len(defs) == 16 and len(queries) == 16  # queries drawn with replacement fill their page
             assert all(defs[k] == v for k, v in queries)
             # loss_mask[t] is 1 exactly where targets[t] = the token at t + 1 is a query value
             np.testing.assert_array_equal(mask[d * 128 : (d + 1) * 128 - 1], flags[1:])
-        assert mask.sum() == 3 * 6
+        assert mask.sum() == 3 * 16
 
 
 @pytest.mark.parametrize(("window", "k"), [(64, 2), (128, 1)])
@@ -145,7 +155,6 @@ def test_k_packing_puts_consecutive_windows_of_a_document_in_consecutive_rows(wi
         assert (group == group[0, 0]).all()  # k windows = one 128-token document
         for j in range(k - 1):  # row j + 1 continues row j
             assert batch["targets"][g * k + j, -1] == batch["inputs"][g * k + j + 1, 0]
-        assert batch["inputs"][g * k, 0] == KEY
     assert ids[0, 0] != ids[k, 0]
 
 
@@ -182,11 +191,14 @@ def test_vocabulary_offset_and_bad_task_settings(tmp_path):
     task.check_vocab(427)
     with pytest.raises(ValueError, match="vocab_size 426, but the dictionary task needs 427 ids"):
         task.check_vocab(426)
-    with pytest.raises(ValueError, match="queries=12 must be fewer than the 12 definitions"):
-        DictionaryTaskConfig(queries=12)
-    with pytest.raises(ValueError, match="page_len=8 holds 1 item"):
-        DictionaryTaskConfig(page_len=8)
-    with pytest.raises(ValueError, match="key_groups=2 gives 2\\*\\*3 keys, fewer than the 12"):
+    with pytest.raises(ValueError, match="queries=16 must be fewer than the 16 definitions"):
+        DictionaryTaskConfig(queries=16, repeat_queries=False)
+    assert (
+        make_document(DictionaryTaskConfig(queries=16), 1, np.random.default_rng(0), training=True).queried.size == 16
+    )
+    with pytest.raises(ValueError, match="page_len=6 holds 1 item"):
+        DictionaryTaskConfig(page_len=6)
+    with pytest.raises(ValueError, match="key_groups=2 gives 2\\*\\*3 keys, fewer than the 16"):
         DictionaryTaskConfig(key_groups=2)
     with pytest.raises(ValueError, match="key_len must be a positive int"):
         DictionaryTaskConfig(key_len=0)
@@ -239,7 +251,7 @@ def test_a_few_fot_training_steps_on_the_dictionary_task(tmp_path):
     assert np.isfinite(last["loss"]) and 0.0 <= last["accuracy"] <= 1.0
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["cross_batch_range"] for r in lines] == [1, 1, 3]  # d curriculum: C_prev only, then all rows
-    assert all(0 < r["tokens"] <= 4 * 6 for r in lines)  # 4 documents x at most 6 single-letter query values
+    assert all(r["tokens"] == 4 * 16 for r in lines)  # 4 documents x a full page of 16 single-letter queries
     assert load_task(tmp_path / "run") == DictionaryTaskConfig.from_dict(tiny_dict_config(tmp_path).data.synthetic)
 
 

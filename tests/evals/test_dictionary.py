@@ -19,7 +19,7 @@ from focused.memory.backends import MemoryConfig, run_long
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
 
-TASK = DictionaryTaskConfig(key_letters=16, value_letters=16, page_len=32)  # 6 items per page
+TASK = DictionaryTaskConfig(key_letters=16, value_letters=16, page_len=32)  # 8 items of 4 tokens per page
 
 
 def tiny_model(mem_layers=(0, 1), vocab_size=39, seed=0, window=64):
@@ -67,7 +67,7 @@ def test_streamed_scoring_equals_argmax_of_the_full_forward_pass(mem_layers, bac
         model = tiny_model(mem_layers, window=window)
         docs = [make_document(TASK, pages, np.random.default_rng(i)) for i in range(2)]
         predictions, targets = score_documents(model, docs, cfg, backend=backend, fill_tokens=64)
-        assert [p.shape for p in predictions] == [(6, 1)] * 2  # a full query page
+        assert [p.shape for p in predictions] == [(8, 1)] * 2  # a full query page
         ref_cfg = cfg if backend != "topk" else MemoryConfig(backend="topk", top_k=8)
         want, truth = reference_argmax(model, docs, ref_cfg, window)
         np.testing.assert_array_equal(np.stack(predictions).reshape(2, -1), want)
@@ -86,10 +86,10 @@ def test_eval_end_to_end_on_every_backend():
         assert report["task"] == "dictionary" and report["window"] == 64 and report["trials"] == 2
         assert report["layout"]["page_len"] == 32
         for row in report["results"]:
-            assert row["queries"] == 2 * 6
+            assert row["queries"] == 2 * 8
             assert 0.0 <= row["accuracy"] <= row["token_accuracy"] <= 1.0
             assert row["peak_rss_gib"] > 0 and 0 < row["key_free_accuracy"] < 0.5
-    assert [r["definitions"] for r in mixed["results"]] == [192, 768]
+    assert [r["definitions"] for r in mixed["results"]] == [256, 1024]
 
 
 def test_baseline_without_memory_layers_sees_only_its_window():
