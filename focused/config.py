@@ -2,7 +2,8 @@
 
 A config file is a Python file with `get_config() -> ConfigDict` (see `configs/`). On the command line
 `--config configs/X.py` loads it and `--config.a.b=value` overrides a field; an unknown field or a value of the
-wrong type is a one-line `ConfigError` that names the field and lists the valid ones.
+wrong type is a one-line `ConfigError` that names the field and lists the valid ones. `--help` (see `focused.cli`)
+lists the config files, or with `--config X` every field of X.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def load_config(argv: Sequence[str]) -> ml_collections.ConfigDict:
     """Parses `[prog, --config FILE, --config.a.b=v, ...]` into a locked ConfigDict."""
     path = _config_path(argv)
     if path is None:
-        raise ConfigError("no config given: pass --config configs/<name>.py")
+        raise ConfigError("no config given: pass --config configs/<name>.py (--help lists the configs)")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} not found: pass --config configs/<name>.py")
     try:

@@ -422,3 +422,23 @@ def test_case12_export_of_a_run_carries_its_tokenizer_with_ordinary_permissions(
     assert Checkpoint(str(run), "run").load_tokenizer().source == str(run / "tokenizer" / "tokenizer.json")
     step = run / "checkpoints" / str(STEPS)
     assert Checkpoint(str(step), "step").load_tokenizer().source == str(run / "tokenizer" / "tokenizer.json")
+
+
+def test_case8_a_disk_without_room_for_the_checkpoint_is_refused_before_writing(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from focused.training import checkpoint as checkpoint_module
+    from focused.training.checkpoint import TrainCheckpoints
+    from focused.training.errors import TrainingError
+
+    params, opt_state = {"w": jnp.ones((256,))}, {"mu": jnp.zeros((256,))}
+    ckpts = TrainCheckpoints(tmp_path, keep=3, async_save=False)
+    ckpts.save(1, params, opt_state, {"step": 1})
+    before = snapshot(tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    room = r"not enough free space to save checkpoint step 2 .* about 2.0 KB and 1.0 KB are free; checkpoint step 1"
+    with pytest.raises(TrainingError, match=room):
+        ckpts.save(2, params, opt_state, {"step": 2})
+    ckpts.finish()
+    assert snapshot(tmp_path) == before  # nothing written, step 1 kept
