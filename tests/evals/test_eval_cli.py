@@ -183,7 +183,9 @@ def test_dictionary_end_to_end_through_eval_py(tmp_path, capsys):
         "--config.progress=False",
         "--config.dictionary.sizes=(512,1024)",
         "--config.dictionary.trials=1",
-        "--config.dictionary.task.query_len=64",
+        "--config.dictionary.task.key_letters=16",  # the layout of the tiny model (a saved model carries none)
+        "--config.dictionary.task.value_letters=16",
+        "--config.dictionary.task.page_len=32",
         f"--config.memory.index.values_path={tmp_path / 'memmap'}",
     ]
     assert eval_cli.main(argv) == 0, capsys.readouterr().err
