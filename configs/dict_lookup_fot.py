@@ -3,16 +3,23 @@
     python train.py --config configs/dict_lookup_fot.py
     python eval.py --config configs/eval_dictionary.py --config.checkpoints="('runs/dict_lookup_fot',)"
 
-Task (`focused.data.synthetic`, default layout): pages of 64 tokens, one page of definitions `<k> a b c v` (3-letter
-keys over 256 letters, one value of 64) and one page of queries; 12 definitions, 6 asked without replacement, so
-guessing without keys scores at most 0.129. Training pages hold 2-12 definitions (`min_defs`) whose keys share
-letters (`key_groups`), so that only a whole-key match answers every query.
+Task (`focused.data.synthetic`, default layout): pages of 64 tokens, one page of 16 definitions `a b c v` (3-letter
+keys over 256 letters, one value of 64 others) and one page of 16 queries drawn with replacement, so guessing
+without keys scores 1/16. Training pages hold 2-16 definitions (`min_defs`) whose keys share letters
+(`key_groups`), so that only a whole-key match answers every query.
 
 Model: 2 layers, d 128, 4 heads of 32 (2 key/value heads), FF 256, window 64 = one page; layer 1 is the memory
 layer without positional encodings (mem_positionals=False, the paper's small-model variant). Batch 64 rows = 32
 documents, k = 2 (row 2g holds the definitions, row 2g+1 the queries). The paper's d curriculum: d = 1 (r = 1:
 the query row sees its own definitions row) until the logged train accuracy reaches `switch_accuracy`, then
 r = 15 (its definitions plus 14 rows of other documents as distractors).
+
+Measured on 2 CPU cores (2026-12-01, ~8K tokens/s): this layout sat at the key-free level for the 800 steps it
+was run. The same model learned lookup through memory (CrossBatch r = 1) in ~200 steps with 1-letter keys over
+16 letters and 8 definitions per 16-token page; after the switch to r = 15 accuracy fell to ~0.3, because with 16
+possible keys every distractor document defines the same keys (the d curriculum needs a key space large enough
+for keys to be distinct across documents). Reaching the default layout needs a staged curriculum (growing
+alphabets and key lengths at a fixed vocabulary, `config.init_from` between stages) or a longer run.
 """
 
 import ml_collections
