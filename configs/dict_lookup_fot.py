@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seed = 0
     config.train = section(
         TrainConfig(
-            steps=6000,
+            steps=2000,
             learning_rate=1e-3,
             warmup_steps=100,
             schedule="constant",

@@ -32,7 +32,10 @@ Training documents can make lookup learnable sooner and keep it honest at scale:
 Token ids (``offset`` is added to every id, so the task can live inside a larger model vocabulary):
 
     0 <pad>  1 <bos>  2 <eos>  3 <k>  4 <v>  5 <q>  6 <f>   (bos/eos reserved, never emitted)
-    7 ... 7 + key_letters - 1: key letters,   then value_letters value letters
+    7 ... 7 + value_letters - 1: value letters,   then key_letters key letters
+
+Values come first so that a curriculum can grow the key alphabet (and key length, page length) at a fixed
+vocabulary: a model trained on a small key alphabet keeps every id's meaning when the alphabet grows.
 
 Only query values are scored: with the next-token convention of ``focused.data.packing`` (``inputs[t]`` predicts
 ``targets[t]``), ``loss_mask[t]`` is 1 exactly where ``targets[t]`` is a value letter of a query.
@@ -182,13 +185,13 @@ class DictionaryTaskConfig:
         if vocab_size < need:
             raise ValueError(
                 f"{where} has vocab_size {vocab_size}, but the dictionary task needs {need} ids ({NUM_SPECIALS} "
-                f"specials + {self.key_letters} key letters + {self.value_letters} value letters from offset "
+                f"specials + {self.value_letters} value letters + {self.key_letters} key letters from offset "
                 f"{self.offset})"
             )
 
     def is_value_id(self, ids: np.ndarray) -> np.ndarray:
         """`[...]` bool: which model ids are value letters."""
-        first = self.offset + NUM_SPECIALS + self.key_letters
+        first = self.offset + NUM_SPECIALS
         return (ids >= first) & (ids < first + self.value_letters)
 
 
@@ -275,12 +278,12 @@ class DictionaryDocument:
         start = int(t.markers)
         out = np.full(rows.shape, marker, np.int32)
         is_key = (offsets >= start) & (offsets < start + t.key_len)
-        out[is_key] = NUM_SPECIALS + self.keys[rows[is_key], offsets[is_key] - start]
+        out[is_key] = NUM_SPECIALS + t.value_letters + self.keys[rows[is_key], offsets[is_key] - start]
         first_value = start + t.key_len + int(t.value_marker)
         if t.value_marker:
             out[offsets == start + t.key_len] = VALUE
         is_value = offsets >= first_value
-        out[is_value] = NUM_SPECIALS + t.key_letters + self.values[rows[is_value], offsets[is_value] - first_value]
+        out[is_value] = NUM_SPECIALS + self.values[rows[is_value], offsets[is_value] - first_value]
         return out
 
     def tokens(self, positions: np.ndarray) -> np.ndarray:

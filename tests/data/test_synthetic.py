@@ -32,7 +32,7 @@ def parse(tokens: np.ndarray, task: DictionaryTaskConfig, first_query: int) -> t
     value)], `[len]` bool flags on the query value tokens). Tokens from `first_query` on are queries. Checks that
     no item straddles a page."""
     local = np.asarray(tokens) - task.offset
-    first_value = NUM_SPECIALS + task.key_letters
+    first_key = NUM_SPECIALS + task.value_letters  # values first, then key letters
     defs, queries, flags = {}, [], np.zeros(len(local), bool)
     i = 0
     while i < len(local):
@@ -47,8 +47,8 @@ def parse(tokens: np.ndarray, task: DictionaryTaskConfig, first_query: int) -> t
         if task.value_marker:
             assert item[task.key_len] == VALUE
         value = tuple(item[len(item) - task.value_len :])
-        assert all(NUM_SPECIALS <= x < first_value for x in key)
-        assert all(first_value <= x < first_value + task.value_letters for x in value)
+        assert all(first_key <= x < first_key + task.key_letters for x in key)
+        assert all(NUM_SPECIALS <= x < first_key for x in value)
         if i < first_query:
             assert key not in defs, "a key is defined twice in one document"
             defs[key] = value
@@ -129,7 +129,7 @@ def test_batches_mask_only_query_values_and_follow_the_packing_convention():
         }
         np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])  # inputs[t] -> targets[t]
         np.testing.assert_array_equal(batch["targets"][0::2, -1], batch["inputs"][1::2, 0])  # rows of a group
-        key_letter = (batch["inputs"] >= NUM_SPECIALS) & (batch["inputs"] < NUM_SPECIALS + TASK.key_letters)
+        key_letter = batch["inputs"] >= NUM_SPECIALS + TASK.value_letters
         assert key_letter[:, 0].all()  # every page starts with an item
     for lane in range(2):  # a lane's stream, read back from consecutive windows, parses as whole documents
         stream = np.concatenate([b["inputs"][lane * 2 + j] for b in rows for j in range(2)])
