@@ -98,7 +98,8 @@ def _config_arg(argv: Sequence[str]) -> str:
 
 def quiet_libraries(datasets_bars: bool = True) -> None:
     """Hides HF datasets' progress bars, absl log records (orbax), and the asyncio records and 'Event loop is
-    closed' noise a failed checkpoint write leaves behind (the failure itself is reported as one error line).
+    closed' noise a failed checkpoint write leaves behind, and the orbax read coroutines a failed restore drops
+    (the failure itself is reported as one error line).
     `datasets_bars=False` leaves HF datasets alone (and unimported)."""
     if datasets_bars:
         import datasets
@@ -113,6 +114,9 @@ def quiet_libraries(datasets_bars: bool = True) -> None:
     def hook(unraisable: Any) -> None:
         error = unraisable.exc_value
         if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        code = getattr(unraisable.object, "cr_code", None)  # an orbax read coroutine dropped by a failed restore
+        if code is not None and "orbax" in code.co_filename:
             return
         previous(unraisable)
 
