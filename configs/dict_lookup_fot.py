@@ -69,10 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seed = 0
     config.train = section(
         TrainConfig(
-            steps=2000,
+            steps=1500,
             learning_rate=1e-3,
             warmup_steps=100,
-            schedule="constant",
+            schedule="cosine",
             weight_decay=0.01,
             log_every=25,
             save_every=250,

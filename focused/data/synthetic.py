@@ -24,10 +24,14 @@ Training documents can make lookup learnable sooner and keep it honest at scale:
 
 - ``min_defs``: each training page holds a random number of definitions from ``min_defs`` to a full page (the
   rest is ``<f>`` filler); pages with few definitions give the lookup circuit a strong early gradient.
-- ``key_groups``: each training document draws the letter at each key position from only ``key_groups`` letters,
-  so every letter, and every proper subset of a key's letters, is shared with other keys of the document. Only a
-  whole-key match answers all queries, the way it must at 16M tokens of memory, where any partial key is shared
-  by many definitions. Evaluation documents always use uniformly random distinct keys and full pages.
+- ``key_groups``: each training document draws all its keys' letters from one group of ``key_groups`` letters,
+  the same group at every position, so every letter, every proper subset of a key's letters and every reordering
+  of them is shared with other keys of the document. Only a whole-key match *in order* answers all queries, the
+  way it must at 16M tokens of memory, where any partial key, and any key's letters in another order, is shared by
+  many definitions. (With a separate group per position, letters never changed position inside a training
+  document: the model trained so scored a key with the query's letters in other positions as high as one with
+  them in place, and lost lookup beyond 16K tokens.) Evaluation documents always use uniformly random distinct
+  keys and full pages.
 
 Token ids (``offset`` is added to every id, so the task can live inside a larger model vocabulary):
 
@@ -81,7 +85,7 @@ class DictionaryTaskConfig:
     queries: queries per document (0 = fill the query pages; evaluation documents ask at most half the definitions).
     repeat_queries: training documents draw queries with replacement (evaluation documents never do).
     min_defs: training pages hold min_defs .. a full page of definitions (0 = always full).
-    key_groups: letters per key position in a training document (0 = the whole alphabet).
+    key_groups: letters of a training document's keys, shared by all positions (0 = the whole alphabet).
     offset: added to every token id.
     """
 
@@ -324,8 +328,8 @@ def make_document(
     """A random document with `def_pages` pages of definitions and `task.query_pages` pages of queries.
 
     Evaluation documents (`training=False`) have full pages and uniformly random distinct keys. Training documents
-    apply `task.min_defs` (random definitions per page) and `task.key_groups` (keys from a few letters per
-    position) and draw queries with replacement (`task.repeat_queries`). Values are distinct inside a document
+    apply `task.min_defs` (random definitions per page) and `task.key_groups` (keys from a few letters shared by
+    all positions) and draw queries with replacement (`task.repeat_queries`). Values are distinct inside a document
     while `value_letters` allows.
     """
     if not isinstance(def_pages, int | np.integer) or def_pages < 1:
@@ -340,10 +344,9 @@ def make_document(
         page_defs[0], n_defs = 2, int(page_defs.sum()) + 2 - int(page_defs[0])
     powers = np.int64(1)
     if training and task.key_groups:
-        groups = np.stack([rng.choice(task.key_letters, task.key_groups, replace=False) for _ in range(task.key_len)])
+        group = rng.choice(task.key_letters, task.key_groups, replace=False)  # one group for every position
         codes = _distinct_codes(rng, task.key_groups**task.key_len, n_defs)
-        digits = (codes[:, None] // task.key_groups ** np.arange(task.key_len - 1, -1, -1)) % task.key_groups
-        keys = groups[np.arange(task.key_len)[None, :], digits]
+        keys = group[(codes[:, None] // task.key_groups ** np.arange(task.key_len - 1, -1, -1)) % task.key_groups]
     else:
         space = task.key_letters**task.key_len
         if n_defs > space:
@@ -371,6 +374,10 @@ class DictionaryBatches:
     Each batch is a dict of numpy arrays, all `[batch_size, window]`: `inputs`, `targets` (int32, next token),
     `loss_mask` (float32, 1 exactly on query values) and `doc_ids` (int32, the document of each input token;
     equal ids in rows of a k-group mean consecutive windows of one document).
+
+    `rows=(start, stop)` yields only rows `start … stop-1` of each global batch (`[stop - start, window]`): a
+    process of a multi-process job generates only its own rows and documents (a lane's documents depend on the
+    lane alone). The state does not depend on `rows`, so a checkpoint resumes with any number of processes.
     """
 
     def __init__(
@@ -381,6 +388,7 @@ class DictionaryBatches:
         k: int = 1,
         seed: int = 0,
         split: str = "train",
+        rows: tuple[int, int] | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("window", window), ("k", k)):
             if not isinstance(value, int) or value < 1:
@@ -395,6 +403,10 @@ class DictionaryBatches:
         self.task = task
         self.batch_size, self.window, self.k, self.seed, self.split = batch_size, window, k, seed, split
         self.num_lanes = batch_size // k
+        start, stop = (0, batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= start < stop <= batch_size:
+            raise ValueError(f"rows {rows} are not a non-empty range within the batch of {batch_size} rows")
+        self.rows = (start, stop)
         self._stream = zlib.crc32(split.encode())  # "train" and held-out splits draw different documents
         self._batches = 0
         self._cache: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
@@ -431,12 +443,13 @@ class DictionaryBatches:
         return tokens, flags, doc_ids.astype(np.int32)
 
     def __next__(self) -> Batch:
-        shape = (self.batch_size, self.window + 1)
+        start, stop = self.rows
+        shape = (stop - start, self.window + 1)
         tokens, flags, doc_ids = np.empty(shape, np.int32), np.empty(shape, bool), np.empty(shape, np.int32)
-        for lane in range(self.num_lanes):
-            for j in range(self.k):
-                row = lane * self.k + j
-                tokens[row], flags[row], doc_ids[row] = self._row(lane, self._batches * self.k + j)
+        for row in range(start, stop):
+            lane, j = divmod(row, self.k)
+            i = row - start
+            tokens[i], flags[i], doc_ids[i] = self._row(lane, self._batches * self.k + j)
         self._batches += 1
         return {
             "inputs": tokens[:, :-1],
@@ -472,12 +485,12 @@ class DictionaryBatches:
         self._batches = int(state["batches"])
 
 
-def synthetic_batches(config: Any, source: Any) -> DictionaryBatches:
+def synthetic_batches(config: Any, source: Any, rows: tuple[int, int] | None = None) -> DictionaryBatches:
     """The iterator for `source.path = "synthetic:<task>"` of a training config (`focused.training.loop`).
 
     Reads `config.data` (batch_size, k, seed, optional `synthetic` section of `DictionaryTaskConfig` fields),
     `config.model` (window = max_position_embeddings, vocab_size) and `source.split` (held-out splits draw other
-    documents).
+    documents). `rows`: only these rows of each batch (see `DictionaryBatches`).
     """
     name = source.path.removeprefix("synthetic:")
     if name not in SYNTHETIC_TASKS:
@@ -492,4 +505,5 @@ def synthetic_batches(config: Any, source: Any) -> DictionaryBatches:
         k=config.data.k,
         seed=config.data.seed,
         split=source.get("split", "train") if hasattr(source, "get") else "train",
+        rows=rows,
     )

@@ -110,8 +110,11 @@ def test_training_documents_vary_definitions_and_share_key_letters():
         counts.add(int(doc.n_defs))
         defs, queries, _ = parse(doc.tokens(np.arange(doc.length)), task, doc.defs_len)
         assert len(defs) == doc.n_defs and len(queries) == task.items_per_page  # the query page is full
-        for j in range(task.key_len):  # every key position uses at most key_groups letters
-            assert len({k[j] for k in defs}) <= 4
+        letters = {letter for key in defs for letter in key}
+        assert len(letters) <= 4  # all keys from one group of key_groups letters ...
+        if len(defs) >= 8:  # ... shared by the positions: letters change places between keys
+            assert all(len({key[j] for key in defs}) >= 2 for j in range(task.key_len))
+            assert len({letter for key in defs for letter in key[:1]} & {letter for key in defs for letter in key[1:]})
     assert min(counts) < 2 * task.items_per_page and max(counts) > 4
     full = make_document(task, 2, rng)  # evaluation documents: full pages, keys from the whole alphabet
     assert full.n_defs == 2 * task.items_per_page
