@@ -34,7 +34,7 @@ from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_d
 from focused.data.synthetic import TASK_FILE, DictionaryBatches, save_task, synthetic_batches
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
-from focused.training import sharding
+from focused.training import peers, sharding
 from focused.training.checkpoint import TrainCheckpoints, find_tokenizer_dir
 from focused.training.dry_run import dry_run
 from focused.training.errors import TrainingError, TrainingInterrupted, describe, disk_problem
@@ -110,15 +110,22 @@ def build_model(config: ml_collections.ConfigDict) -> LlamaForCausalLM:
 
 
 def build_data(
-    config: ml_collections.ConfigDict, source: ml_collections.ConfigDict | None = None
+    config: ml_collections.ConfigDict,
+    source: ml_collections.ConfigDict | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> DocumentPacker | DictionaryBatches:
-    """The document-aware packer for `config.data.source` (or another source section, e.g. the eval one)."""
+    """The document-aware packer for `config.data.source` (or another source section, e.g. the eval one).
+
+    `rows=(start, stop)`: the rows of each batch this process needs. The synthetic task then generates only those
+    (`batch["inputs"]` is `[stop - start, window]`); the document packer still packs whole batches (its lanes draw
+    documents from one shared order), and the caller keeps its rows (`local_rows`).
+    """
     data = config.data
     source = data.source if source is None else source
     if not source.path:
         raise ValueError("config.data.source.path is empty: name a hub dataset, local files, or focused:demo")
     if source.path.startswith("synthetic:"):  # generated task data (focused.data.synthetic), no tokenizer
-        return synthetic_batches(config, source)
+        return synthetic_batches(config, source, rows)
     tokenizer = load_tokenizer(data.tokenizer or None)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(
@@ -183,10 +190,35 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     model_cfg = model_config(config)
     for line in cfg.warnings():
         print(f"warning: {line}", file=sys.stderr)
-    sharding.maybe_initialize_distributed()  # before anything touches a device (jax.process_index included)
-    with RunDirectory(config.workdir, primary=jax.process_index() == 0) as run:
-        run.check_model_config(model_cfg)  # before anything in the run directory is touched
-        return _train(config, cfg, fot, model_cfg, run, began)
+    # before anything touches a device (jax.process_index included)
+    watchdog = peers.start_watchdog() if sharding.maybe_initialize_distributed() else None
+    try:
+        with RunDirectory(config.workdir, primary=jax.process_index() == 0) as run:
+            run.check_model_config(model_cfg)  # before anything in the run directory is touched
+            result = _train(config, cfg, fot, model_cfg, run, began)
+    except TrainingInterrupted:  # every process got the signal and saved together
+        if watchdog is not None:
+            watchdog.finish()
+        raise
+    except BaseException as error:
+        if watchdog is None:
+            raise
+        _fail_job(watchdog, error)  # one line, then os._exit: peers cannot finish without this process
+    if watchdog is not None:
+        watchdog.finish()
+    return result
+
+
+def _fail_job(watchdog: peers.PeerWatchdog, error: BaseException) -> None:
+    """Ends this process of a multi-process job after `error`: one line naming the lost process when a collective
+    failed because a peer is gone, else the error itself prefixed with this process's index."""
+    me, count = jax.process_index(), jax.process_count()
+    if isinstance(error, TrainingError | ValueError | FileNotFoundError | FileExistsError | NotADirectoryError):
+        peers.fail(f"error: process {me} of {count}: " + " ".join(str(error).split()))
+    lost = watchdog.lost()
+    if lost:
+        peers.fail(peers.lost_message(me, count, lost, describe(error, 160)))
+    peers.fail(f"error: process {me} of {count}: {type(error).__name__}: {describe(error)}")
 
 
 def _tokenizer_file(packer: Any) -> Path | None:
@@ -203,9 +235,6 @@ def _train(
     run: RunDirectory,
     began: float,
 ) -> dict[str, float]:
-    packer = build_data(config)
-    tokenizer_file = _tokenizer_file(packer)
-    run.check_tokenizer(tokenizer_file, str(config.data.get("tokenizer", "")))
     mesh_cfg, rules = sharding.from_config(config.get("sharding"))
     mesh = sharding.make_mesh(mesh_cfg)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -214,6 +243,18 @@ def _train(
             f"config.data.batch_size={config.data.batch_size} is not divisible by the data x fsdp mesh size {shards} "
             f"(mesh {dict(mesh.shape)}): change the batch size or config.sharding.mesh"
         )
+    batch_sh = sharding.batch_sharding(mesh, rules)
+    # the rows of each global batch that this process's devices hold: it reads (and generates) only those
+    row0, row_end = sharding.process_rows(batch_sh, config.data.batch_size)
+    rows = row_end - row0
+    if jax.process_count() > 1:
+        print(
+            f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
+            f"{jax.device_count()} devices, batch rows {row0}..{row_end - 1} of {config.data.batch_size}"
+        )
+    packer = build_data(config, rows=(row0, row_end))
+    tokenizer_file = _tokenizer_file(packer)
+    run.check_tokenizer(tokenizer_file, str(config.data.get("tokenizer", "")))
     if config.init_from:
         model = build_model(config)
     else:  # created directly sharded: a big model is never materialised on one device
@@ -223,14 +264,11 @@ def _train(
     params = sharding.shard_params(params, param_sh)
     tx = make_optimizer(cfg)
     opt_state, opt_sh = sharding.init_opt_state(tx, params, param_sh)
-    batch_sh = sharding.batch_sharding(mesh, rules)
-    rows = config.data.batch_size // jax.process_count()
-    row0 = jax.process_index() * rows
 
     def feed(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of the global batch, placed as `[batch, seq]` sharded over (data, fsdp)."""
-        local = {k: batch[k][row0 : row0 + rows] for k in ("inputs", "targets", "loss_mask")}
-        return sharding.global_batch(local, batch_sh)
+        local = {k: local_rows(batch[k], row0, rows) for k in ("inputs", "targets", "loss_mask")}
+        return sharding.global_batch(local, batch_sh, config.data.batch_size)
 
     schedule = RangeSchedule(fot, config.data.k)
     ckpts = TrainCheckpoints(run.path, cfg.keep_checkpoints, cfg.async_checkpointing)
@@ -259,7 +297,7 @@ def _train(
     eval_step = make_eval_step(graphdef, schedule.eval_spec())
     eval_batches = []
     if cfg.eval_every:
-        eval_packer = build_data(config, config.data.eval_source)
+        eval_packer = build_data(config, config.data.eval_source, rows=(row0, row_end))
         eval_batches = [feed(next(eval_packer)) for _ in range(cfg.eval_batches)]
     tokens_per_step = config.data.batch_size * config.model.max_position_embeddings
     print(f"model: {count_parameters(params) / 1e6:.2f}M parameters; {tokens_per_step} tokens per step")
@@ -270,10 +308,10 @@ def _train(
     failing = True
     t0, window_tokens = time.perf_counter(), 0
     try:
-        writer = MetricsWriter(run.path)
+        writer = MetricsWriter(run.path) if run.primary else None  # process 0 writes the job's metrics
         with StopSignals() as stop:
             for step in range(start, cfg.steps):
-                if stop.received:
+                if _stop_agreed(stop):
                     break
                 params, opt_state, metrics = step_for_range()(params, opt_state, feed(next(packer)))
                 window_tokens += tokens_per_step
@@ -289,7 +327,8 @@ def _train(
                     last["tokens_per_s"] = window_tokens / max(time.perf_counter() - t0, 1e-9)
                     last["cross_batch_range"] = schedule.range
                     t0, window_tokens = time.perf_counter(), 0
-                    writer.write(done, last)
+                    if writer is not None:
+                        writer.write(done, last)
                     logged = last
                     if schedule.observe(done, last["accuracy"]):
                         progress.message(f"step {done}: CrossBatch range -> {schedule.range}")
@@ -297,7 +336,9 @@ def _train(
                     progress.message(f"step {done}: CrossBatch range -> {schedule.range}")
                 progress.advance(done, logged)
                 if cfg.eval_every and done % cfg.eval_every == 0:
-                    writer.write(done, evaluate(eval_step, params, eval_batches), prefix="eval")
+                    scores = evaluate(eval_step, params, eval_batches)
+                    if writer is not None:
+                        writer.write(done, scores, prefix="eval")
                 if cfg.save_every and done % cfg.save_every == 0 and done != cfg.steps:
                     save(done)
             if stop.received and done < cfg.steps:
@@ -336,6 +377,12 @@ def _train(
     if config.get("export_dir"):
         from focused.convert import export_hf
 
+        if jax.process_count() > 1:  # every process takes part in gathering; process 0 writes the folder
+            from jax.experimental import multihost_utils
+
+            params = jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+            if not run.primary:
+                return last
         model = nnx.merge(graphdef, params)
         task = [run.path / TASK_FILE] if isinstance(packer, DictionaryBatches) else []
         export_hf(model, model.config, config.export_dir, tokenizer_dir=find_tokenizer_dir(run.path), extra_files=task)
@@ -366,6 +413,22 @@ def _resume(
     return start, state["opt_state"]
 
 
+def _stop_agreed(stop: StopSignals) -> bool:
+    """Whether to stop before the next step. With several processes all of them must decide alike (one that
+    stops while another runs the next step would wait forever in a collective), so the flags are all-gathered
+    (one tiny collective per step); a process that got no signal itself stops as if it got SIGTERM."""
+    if jax.process_count() == 1:
+        return stop.received is not None
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(stop.received or 0))  # decide from these alone
+    if not np.any(flags):
+        return False
+    if stop.received is None:
+        stop.received = int(np.max(flags))
+    return True
+
+
 def _interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: TrainCheckpoints) -> TrainingInterrupted:
     """Saves the current step (when a step ran) and builds the exception that ends the command."""
     if done == start:
@@ -382,6 +445,12 @@ def _interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: Tra
         "to resume",
         stop.exit_code,
     )
+
+
+def local_rows(array: np.ndarray, row0: int, rows: int) -> np.ndarray:
+    """This process's `rows` rows from `row0` of a global-batch array; an array of `rows` rows already holds only
+    them (a per-process iterator) and is returned as it is."""
+    return array if len(array) == rows else array[row0 : row0 + rows]
 
 
 def evaluate(eval_step: Any, params: nnx.State, batches: list[dict[str, jax.Array]]) -> dict[str, float]:

@@ -321,10 +321,33 @@ def sharded_abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """One global `[batch, seq]` array per key from this process's rows `[batch / process_count, seq]`.
+def process_rows(sharding: NamedSharding, batch_size: int) -> tuple[int, int]:
+    """(start, stop): the rows of a `[batch_size, ...]` global batch that this process's devices hold.
 
-    Process p holds rows p·local_rows … (p+1)·local_rows - 1 of the global batch.
+    With the batch sharded over (data, fsdp) and the mesh laid out process by process, process p of n holds rows
+    p·batch_size/n … (p+1)·batch_size/n - 1; a process whose devices span every batch shard (a mesh whose data and
+    fsdp axes lie within one process) holds them all. Rows that are not one contiguous block are a ValueError.
+    """
+    index_map = sharding.addressable_devices_indices_map((batch_size, 1))
+    spans = sorted({(r.start or 0, batch_size if r.stop is None else r.stop) for r, *_ in index_map.values()})
+    start, stop = spans[0][0], spans[0][1]
+    for a, b in spans[1:]:
+        if a > stop:
+            raise ValueError(
+                f"process {jax.process_index()} holds batch rows {spans}, not one contiguous block: lay the mesh out "
+                "so that each process holds consecutive batch shards"
+            )
+        stop = max(stop, b)
+    return start, stop
+
+
+def global_batch(
+    local: Mapping[str, np.ndarray], sharding: NamedSharding, batch_size: int | None = None
+) -> dict[str, jax.Array]:
+    """One global `[batch_size, seq]` array per key from this process's rows (`process_rows`).
+
+    batch_size: rows of the global batch; default: this process's rows × the process count (process p holding
+    rows p·local_rows … (p+1)·local_rows - 1).
     """
     sizes = _axis_sizes(sharding.mesh)
     rows_axes = sharding.spec[0] if len(sharding.spec) else None
@@ -332,7 +355,7 @@ def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> di
     out = {}
     for key, value in local.items():
         value = np.asarray(value)
-        rows = value.shape[0] * jax.process_count()
+        rows = value.shape[0] * jax.process_count() if batch_size is None else batch_size
         if rows % shards:
             raise ValueError(f"global batch of {rows} rows for {key!r} is not divisible by its {shards} batch shards")
         out[key] = jax.make_array_from_process_local_data(sharding, value, (rows, *value.shape[1:]))
