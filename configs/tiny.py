@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.batch_size = 8
     config.data.k = 1
     config.data.seed = 0
+    config.data.lane_streams = False  # True: each lane reads its own documents (a process packs only its rows)
     config.train = section(TrainConfig(steps=300, learning_rate=2e-3, warmup_steps=30, save_every=100))
     config.fot = section(FotConfig(cross_batch_range=0))
     config.sharding = sharding_config(MeshConfig(data=-1))  # mesh axes (data, fsdp, tensor), -1 = fill; logical rules

@@ -8,6 +8,12 @@ target of exactly one position and nothing is lost at window boundaries.
 
 With k-packing (``doc_aware_k{k}``) batch rows ``g*k … g*k+k-1`` are ``k`` consecutive windows of lane ``g``;
 ``k = 1`` gives ``batch_size`` independent lanes. Pure numpy; nothing here needs JAX.
+
+With ``lane_streams`` each lane reads its own slice of the order instead (lane ``g`` of ``L``: draws ``g``,
+``g + L``, ``g + 2L``, …), so a lane's documents do not depend on the other lanes and a process of a multi-process
+job packs only its own lanes (``DocumentPacker(..., lanes=(first, stop))``), reading only their documents. The
+state of such a partial packer lists only its lanes (``None`` for the others); :func:`merge_states` joins the
+states of all processes into the state of the whole batch, which any partial packer (or a whole one) resumes from.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class PackingConfig:
         shuffle: permute the documents each epoch (sequences only; streams are read in order).
         add_bos: put ``bos`` in front of each document.
         add_eos: put ``eos`` after each document.
+        lane_streams: lane ``g`` reads draws ``g, g + L, g + 2L, …`` of the order (its own documents; see the module
+            docstring) instead of the next document of one shared order; needs a random-access source.
     """
 
     batch_size: int
@@ -58,6 +66,7 @@ class PackingConfig:
     shuffle: bool = True
     add_bos: bool = True
     add_eos: bool = True
+    lane_streams: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "window", "k"):
@@ -89,6 +98,8 @@ class _Lane:
 
     segments: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)  # (draw, tokens [len])
     offset: int = 0
+    index: int = 0  # which lane of the batch
+    pulled: int = 0  # with lane_streams: documents this lane has drawn (its next draw is index + pulled * L)
 
     @property
     def available(self) -> int:
@@ -111,11 +122,28 @@ class DocumentPacker:
     stops.
     """
 
-    def __init__(self, documents: Sequence[str] | Iterable[str], tokenizer: TextEncoder, config: PackingConfig) -> None:
+    def __init__(
+        self,
+        documents: Sequence[str] | Iterable[str],
+        tokenizer: TextEncoder,
+        config: PackingConfig,
+        lanes: tuple[int, int] | None = None,
+    ) -> None:
+        """lanes: (first, stop) to pack only lanes first … stop-1 (rows first·k … stop·k - 1); needs
+        ``config.lane_streams``."""
         self.config = config
         self.tokenizer = tokenizer
         self._order = document_order(documents, config.seed, config.shuffle, config.num_epochs)
-        self._lanes = [_Lane() for _ in range(config.num_lanes)]
+        first, stop = (0, config.num_lanes) if lanes is None else (int(lanes[0]), int(lanes[1]))
+        if (first, stop) != (0, config.num_lanes):
+            if not config.lane_streams:
+                raise ValueError("packing only some lanes needs lane_streams=True (lanes that share one order)")
+            if not 0 <= first < stop <= config.num_lanes:
+                raise ValueError(f"lanes {lanes} are not a non-empty range of the {config.num_lanes} lanes")
+        if config.lane_streams and not isinstance(self._order, ShuffledOrder):
+            raise ValueError("lane_streams needs a random-access document source (not streaming=True)")
+        self.lane_range = (first, stop)
+        self._lanes = [_Lane(index=g) for g in range(first, stop)]
         self._next_draw = 0
         self._batches = 0
         self._finished = False
@@ -125,7 +153,9 @@ class DocumentPacker:
 
     @property
     def epoch(self) -> int:
-        """The epoch the next document will be drawn from."""
+        """The epoch the next document will be drawn from (with lane_streams: the earliest of this packer's lanes)."""
+        if self.config.lane_streams:
+            return min(self._order.epoch_of(ln.index + ln.pulled * self.config.num_lanes) for ln in self._lanes)
         return self._order.epoch_of(self._next_draw)
 
     def _tokenize(self, text: str) -> np.ndarray:
@@ -141,11 +171,14 @@ class DocumentPacker:
         """Append the next non-empty document to ``lane``; False when the data is used up."""
         first_empty = None
         while True:
-            draw = self._next_draw
+            draw = lane.index + lane.pulled * self.config.num_lanes if self.config.lane_streams else self._next_draw
             text = self._order.get(draw)
             if text is None:
                 return False
-            self._next_draw += 1
+            if self.config.lane_streams:
+                lane.pulled += 1
+            else:
+                self._next_draw += 1
             tokens = self._tokenize(text)
             if len(tokens):
                 lane.segments.append((draw, tokens))
@@ -182,8 +215,9 @@ class DocumentPacker:
         if self._finished:
             raise StopIteration
         cfg = self.config
-        tokens = np.empty((cfg.batch_size, cfg.window + 1), np.int32)
-        draws = np.empty((cfg.batch_size, cfg.window + 1), np.int32)
+        rows = len(self._lanes) * cfg.k
+        tokens = np.empty((rows, cfg.window + 1), np.int32)
+        draws = np.empty((rows, cfg.window + 1), np.int32)
         for g, lane in enumerate(self._lanes):
             for j in range(cfg.k):
                 tokens[g * cfg.k + j], draws[g * cfg.k + j] = self._window(lane)
@@ -203,6 +237,8 @@ class DocumentPacker:
 
     def _fingerprint(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self.config)
+        if not fields["lane_streams"]:  # absent from the states of runs older than the field
+            del fields["lane_streams"]
         # A stream's length is unknown until read once, so only sequences are checked for it.
         fields["num_documents"] = self._order.num_documents if isinstance(self._order, ShuffledOrder) else None
         return fields
@@ -211,8 +247,17 @@ class DocumentPacker:
         """A small JSON-serialisable dict from which :meth:`set_state` resumes exactly here.
 
         Lanes record which documents (by draw number) they still hold and the read offset into the first; the
-        tokens themselves are recomputed on restore instead of being stored.
+        tokens themselves are recomputed on restore instead of being stored. With lane_streams every lane also
+        records how many documents it has drawn (`pulled`), and lanes this packer does not pack are None.
         """
+        lanes: list[dict[str, Any] | None] = [
+            {"draws": [int(d) for d, _ in lane.segments], "offset": int(lane.offset)} for lane in self._lanes
+        ]
+        if self.config.lane_streams:
+            first, stop = self.lane_range
+            for entry, lane in zip(lanes, self._lanes, strict=True):
+                entry["pulled"] = int(lane.pulled)  # type: ignore[index]
+            lanes = [None] * first + lanes + [None] * (self.config.num_lanes - stop)
         return {
             "format": STATE_FORMAT,
             "config": self._fingerprint(),
@@ -220,9 +265,7 @@ class DocumentPacker:
             "next_draw": self._next_draw,
             "batches": self._batches,
             "finished": self._finished,
-            "lanes": [
-                {"draws": [int(d) for d, _ in lane.segments], "offset": int(lane.offset)} for lane in self._lanes
-            ],
+            "lanes": lanes,
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -233,12 +276,16 @@ class DocumentPacker:
         if state["format"] != STATE_FORMAT:
             raise ValueError(f"packer state format {state['format']} is not the supported {STATE_FORMAT}")
         mine = self._fingerprint()
-        changed = sorted(k for k in mine if state["config"].get(k) != mine[k])
+        changed = sorted({k for k in mine if state["config"].get(k) != mine[k]} | set(state["config"]) - set(mine))
         if changed:
             raise ValueError(f"packer state was saved with a different {changed}: restore with the same settings")
-        if len(state["lanes"]) != len(self._lanes):
-            raise ValueError(f"packer state has {len(state['lanes'])} lanes, this packer {len(self._lanes)}")
-        needed = sorted({int(d) for lane in state["lanes"] for d in lane["draws"]})
+        if len(state["lanes"]) != self.config.num_lanes:
+            raise ValueError(f"packer state has {len(state['lanes'])} lanes, this packer {self.config.num_lanes}")
+        first, stop = self.lane_range
+        own = state["lanes"][first:stop]
+        if any(lane is None for lane in own):
+            raise ValueError(f"packer state lacks some of lanes {first}..{stop - 1}: merge the states of all processes")
+        needed = sorted({int(d) for lane in own for d in lane["draws"]})
         tokens: dict[int, np.ndarray] = {}
         for draw in needed:  # increasing, so a stream is read once
             text = self._order.get(draw)
@@ -246,11 +293,36 @@ class DocumentPacker:
             if not len(tokens[draw]):
                 raise ValueError(f"packer state names document draw {draw}, which these documents lack")
         self._lanes = [
-            _Lane([(int(d), tokens[int(d)]) for d in lane["draws"]], int(lane["offset"])) for lane in state["lanes"]
+            _Lane([(int(d), tokens[int(d)]) for d in lane["draws"]], int(lane["offset"]), g, int(lane.get("pulled", 0)))
+            for g, lane in enumerate(own, start=first)
         ]
         self._next_draw = int(state["next_draw"])
         self._batches = int(state["batches"])
         self._finished = bool(state["finished"])
+
+
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The state of the whole batch from the states of partial packers (``lane_streams``) that together pack every
+    lane once, e.g. one per process; a single whole state is returned as it is."""
+    if not states:
+        raise ValueError("no packer states to merge")
+    merged = dict(states[0])
+    lanes = list(merged["lanes"])
+    for state in states[1:]:
+        if state["config"] != merged["config"] or state["batches"] != merged["batches"]:
+            raise ValueError("packer states of different settings or positions cannot be merged")
+        for g, lane in enumerate(state["lanes"]):
+            if lane is not None:
+                if lanes[g] is not None:
+                    raise ValueError(f"lane {g} is in more than one packer state")
+                lanes[g] = lane
+    missing = [g for g, lane in enumerate(lanes) if lane is None]
+    if missing:
+        raise ValueError(f"no packer state holds lanes {missing}")
+    merged["lanes"] = lanes
+    merged["epoch"] = min(int(s["epoch"]) for s in states)
+    merged["finished"] = all(bool(s["finished"]) for s in states)
+    return merged
 
 
 def split_microbatches(batch: Batch, accum_steps: int, k: int) -> Batch:

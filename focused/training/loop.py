@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_documents, load_tokenizer
+from focused.data.packing import merge_states
 from focused.data.synthetic import TASK_FILE, DictionaryBatches, save_task, synthetic_batches
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
@@ -117,8 +118,10 @@ def build_data(
     """The document-aware packer for `config.data.source` (or another source section, e.g. the eval one).
 
     `rows=(start, stop)`: the rows of each batch this process needs. The synthetic task then generates only those
-    (`batch["inputs"]` is `[stop - start, window]`); the document packer still packs whole batches (its lanes draw
-    documents from one shared order), and the caller keeps its rows (`local_rows`).
+    (`batch["inputs"]` is `[stop - start, window]`), and so does the document packer with
+    `config.data.lane_streams=True` (each lane reads its own documents) when the rows are whole k-groups; otherwise
+    the packer packs whole batches (its lanes draw documents from one shared order) and the caller keeps its rows
+    (`local_rows`).
     """
     data = config.data
     source = data.source if source is None else source
@@ -133,9 +136,16 @@ def build_data(
         )
     documents = load_documents(DataSourceConfig.from_dict(source.to_dict()))
     packing = PackingConfig(
-        batch_size=data.batch_size, window=config.model.max_position_embeddings, k=data.k, seed=data.seed
+        batch_size=data.batch_size,
+        window=config.model.max_position_embeddings,
+        k=data.k,
+        seed=data.seed,
+        lane_streams=bool(data.get("lane_streams", False)),
     )
-    return DocumentPacker(documents, tokenizer, packing)
+    lanes = None
+    if packing.lane_streams and rows is not None and rows[0] % data.k == 0 and rows[1] % data.k == 0:
+        lanes = (rows[0] // data.k, rows[1] // data.k)
+    return DocumentPacker(documents, tokenizer, packing, lanes=lanes)
 
 
 def validate(config: ml_collections.ConfigDict, cfg: TrainConfig, fot: FotConfig) -> None:
@@ -291,7 +301,7 @@ def _train(
         return steps[schedule.range]
 
     def save(step: int) -> None:
-        extra = {"data": packer.get_state(), "step": step, "range_switched": schedule.switched}
+        extra = {"data": data_state(packer), "step": step, "range_switched": schedule.switched}
         ckpts.save(step, nnx.to_pure_dict(params), opt_state, extra)
 
     eval_step = make_eval_step(graphdef, schedule.eval_spec())
@@ -445,6 +455,16 @@ def _interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: Tra
         "to resume",
         stop.exit_code,
     )
+
+
+def data_state(packer: Any) -> dict[str, Any]:
+    """The data-iterator state to checkpoint: with per-process document packers (`lane_streams`) the states of all
+    processes are gathered and merged into the state of the whole batch (every process calls this together)."""
+    state = packer.get_state()
+    lane_range = getattr(packer, "lane_range", None)
+    if lane_range is None or lane_range == (0, packer.config.num_lanes):
+        return state
+    return merge_states(sharding.allgather_json(state))
 
 
 def local_rows(array: np.ndarray, row0: int, rows: int) -> np.ndarray:

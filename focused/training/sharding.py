@@ -19,6 +19,7 @@ a spec never uses one mesh axis twice (a later dimension that asks for an axis a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -360,6 +361,18 @@ def global_batch(
             raise ValueError(f"global batch of {rows} rows for {key!r} is not divisible by its {shards} batch shards")
         out[key] = jax.make_array_from_process_local_data(sharding, value, (rows, *value.shape[1:]))
     return out
+
+
+def allgather_json(value: Any) -> list[Any]:
+    """Every process's JSON-serialisable `value`, in process order (a collective: all processes call it)."""
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:size])) for row, size in zip(gathered, sizes, strict=True)]
 
 
 def _env_int(name: str) -> int | None:

@@ -224,6 +224,50 @@ def test_dictionary_batches_generate_only_the_rows_asked_for() -> None:
         DictionaryBatches(task, batch_size=8, window=16, k=2, rows=(4, 9))
 
 
+class IntTokenizer:
+    """Documents are space-separated token ids."""
+
+    bos_id, eos_id, pad_id = 1, 2, 0
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in text.split()]
+
+
+def test_lane_stream_packers_of_each_process_make_the_whole_batch_and_resume_with_any_split() -> None:
+    from focused.data.packing import DocumentPacker, PackingConfig, merge_states
+
+    rng = np.random.default_rng(0)
+    docs = [" ".join(str(t) for t in rng.integers(3, 99, size=rng.integers(5, 60))) for _ in range(40)]
+    config = PackingConfig(batch_size=8, window=16, k=2, seed=1, lane_streams=True)
+    whole = DocumentPacker(docs, IntTokenizer(), config)
+    parts = [DocumentPacker(docs, IntTokenizer(), config, lanes=lanes) for lanes in ((0, 2), (2, 4))]
+    read: list[set[int]] = [set(), set()]
+    for _ in range(5):
+        full = next(whole)
+        halves = [next(p) for p in parts]
+        for i, half in enumerate(halves):
+            read[i] |= {int(d) for d in np.unique(half["doc_ids"]) if d >= 0}
+        for key in full:
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), full[key], err_msg=key)
+    assert all(d % 4 in (0, 1) for d in read[0]) and all(d % 4 in (2, 3) for d in read[1])  # own documents only
+    merged = merge_states([p.get_state() for p in parts])
+    assert merged == whole.get_state()
+    resumed = [DocumentPacker(docs, IntTokenizer(), config, lanes=(g, g + 1)) for g in range(4)]  # 4 "processes"
+    for packer in resumed:
+        packer.set_state(merged)
+    for _ in range(3):
+        full = next(whole)
+        np.testing.assert_array_equal(np.concatenate([next(p)["inputs"] for p in resumed]), full["inputs"])
+    with pytest.raises(ValueError, match="lacks some of lanes 2..3"):
+        DocumentPacker(docs, IntTokenizer(), config, lanes=(2, 4)).set_state(parts[0].get_state())
+    with pytest.raises(ValueError, match="needs lane_streams=True"):
+        DocumentPacker(docs, IntTokenizer(), PackingConfig(batch_size=8, window=16, k=2), lanes=(0, 2))
+    shared = DocumentPacker(docs, IntTokenizer(), PackingConfig(batch_size=8, window=16, k=2, seed=1))
+    assert "lane_streams" not in shared.get_state()["config"]  # states of earlier runs still resume
+    with pytest.raises(ValueError, match=r"different \['lane_streams'\]"):
+        shared.set_state(whole.get_state())
+
+
 def test_process_rows_of_a_single_process_are_the_whole_batch() -> None:
     import jax
 
@@ -296,6 +340,51 @@ def test_a_checkpoint_of_two_processes_resumes_in_one_and_in_two(
     print("step 3 after resuming:", next_loss, "uninterrupted:", one_process_reference[3])
     assert abs(next_loss[1] - next_loss[2]) <= 1e-6, next_loss
     assert abs(next_loss[2] - one_process_reference[3]) <= 1e-6, next_loss
+
+
+TEXT = (  # configs/tiny_fot.py shrunk: the demo text, CrossBatch k = 2, r = 3, each lane reading its own documents
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
+    "--config.model.num_hidden_layers=2",
+    "--config.model.mem_layers=(1,)",
+    "--config.model.max_position_embeddings=32",
+    "--config.model.last_context_length=16",
+    "--config.data.batch_size=8",
+    "--config.data.k=2",
+    "--config.data.lane_streams=True",
+    "--config.train.warmup_steps=0",
+    "--config.train.log_every=1",
+    "--config.train.async_checkpointing=False",
+)
+
+
+@pytest.mark.slow
+def test_text_data_each_process_reads_its_own_documents_and_resumes_with_another_process_count(
+    tmp_path: Path,
+) -> None:
+    def text_args(workdir: Path, steps: int) -> list[str]:
+        return [
+            "train.py",
+            "--config",
+            "configs/tiny_fot.py",
+            f"--config.workdir={workdir}",
+            *LAYOUTS["data_fsdp"],
+            *TEXT,
+            f"--config.train.steps={steps}",
+        ]
+
+    _ok(launch(1, 8, text_args(tmp_path / "one", 3)))
+    reference = losses(tmp_path / "one")
+    two = tmp_path / "two"
+    proc = launch(2, 4, text_args(two, 2))
+    _ok(proc)
+    assert "[p1] process 1 of 2: 4 of 8 devices, batch rows 4..7 of 8" in proc.stdout
+    proc = launch(1, 8, text_args(two, 3))  # the merged data state of 2 processes, resumed by 1
+    _ok(proc)
+    assert f"resumed from {two / 'checkpoints' / '2'}" in proc.stdout
+    got = losses(two)
+    print("text, 1 x 8:", reference, "2 x 4 then 1 x 8:", got)
+    np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [reference[s] for s in (1, 2, 3)], rtol=0, atol=1e-6)
 
 
 def _start_job(workdir: Path, *extra: str) -> list[subprocess.Popen]:
