@@ -195,6 +195,7 @@ def evaluate_dictionary(
             {
                 "memory_tokens": size,
                 "definitions": size // task.page_len * task.items_per_page,
+                "trials": trials,
                 "queries": len(hits),
                 "accuracy": float(hits.mean()),
                 "token_accuracy": float(token_hits.mean()),

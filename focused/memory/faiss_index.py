@@ -27,7 +27,7 @@ import faiss
 import jax
 import numpy as np
 
-INDEX_TYPES = ("flat", "ivf_flat", "ivf_sq8", "ivf_fp16", "hnsw")
+INDEX_TYPES = ("flat", "flat_fp16", "ivf_flat", "ivf_sq8", "ivf_fp16", "hnsw")
 POLICIES = ("error", "drop_oldest")
 PAYLOAD_DTYPES = ("float32", "float16")
 # Fields that may differ between a saved memory and the store loading it: search-time knobs and placement.
@@ -39,8 +39,9 @@ FORMAT_VERSION = 1
 class KnnIndexConfig:
     """How the kNN memory indexes its keys.
 
-    index_type: "flat" (exact IndexFlatIP), "ivf_flat", "ivf_sq8", "ivf_fp16" (IVF, raw / 8-bit / fp16 codes) or
-      "hnsw" (IndexHNSWFlat).
+    index_type: "flat" (exact IndexFlatIP), "flat_fp16" (exact search over float16-rounded keys, half the RAM of
+      flat: an IndexScalarQuantizer, CPU only), "ivf_flat", "ivf_sq8", "ivf_fp16" (IVF, raw / 8-bit / fp16 codes)
+      or "hnsw" (IndexHNSWFlat).
     nlist, nprobe: IVF lists, and lists scanned per query.   hnsw_m, ef_search: HNSW graph degree, search beam.
     train_size: valid keys an IVF index collects (searched exactly meanwhile) before it is trained on them.
     use_gpu: "auto" (faiss-gpu when JAX runs on a GPU), True or False; without faiss GPU support → CPU + a warning.
@@ -82,8 +83,10 @@ class KnnIndexConfig:
             raise ValueError(f"train_size {self.train_size} is smaller than nlist {self.nlist}: k-means needs more")
         if self.policy == "drop_oldest" and self.index_type == "hnsw":
             raise ValueError("policy 'drop_oldest' needs remove_ids, which FAISS HNSW lacks: use flat or ivf_*")
-        if self.use_gpu is True and (self.index_type == "hnsw" or self.policy == "drop_oldest"):
-            raise ValueError("FAISS GPU indexes support neither hnsw nor remove_ids (drop_oldest): set use_gpu=False")
+        if self.use_gpu is True and (self.index_type in ("hnsw", "flat_fp16") or self.policy == "drop_oldest"):
+            raise ValueError(
+                "FAISS GPU indexes support neither hnsw, flat_fp16 nor remove_ids (drop_oldest): set use_gpu=False"
+            )
 
     @property
     def is_ivf(self) -> bool:
@@ -94,6 +97,10 @@ def _empty_index(config: KnnIndexConfig, dim: int) -> faiss.Index:
     """A fresh index; for IVF types the exact buffer used until training (`_trained_ivf` builds the real one)."""
     if config.index_type == "hnsw":
         return faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+    if config.index_type == "flat_fp16":
+        return faiss.IndexIDMap(
+            faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        )
     return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
 
 
@@ -144,7 +151,7 @@ def _use_gpu(config: KnnIndexConfig) -> bool:
     if config.use_gpu is False:
         return False
     if config.use_gpu == "auto" and (
-        jax.default_backend() != "gpu" or config.index_type == "hnsw" or config.policy == "drop_oldest"
+        jax.default_backend() != "gpu" or config.index_type in ("hnsw", "flat_fp16") or config.policy == "drop_oldest"
     ):
         return False
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:

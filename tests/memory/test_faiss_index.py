@@ -76,6 +76,21 @@ def test_flat_equals_numpy_brute_force():
     assert store.size == 72 and store.search_calls == 2
 
 
+def test_flat_fp16_is_exact_search_over_float16_rounded_keys():
+    rng = np.random.default_rng(5)
+    windows = random_windows(rng, 3, 24)
+    rounded = [(k.astype(np.float16).astype(np.float32), v, m) for k, v, m in windows]
+    store = fill(KnnIndexConfig(index_type="flat_fp16", capacity=128), windows)
+    queries = rng.standard_normal((LAYERS, BATCH, 5, HEADS, DIM)).astype(np.float32)
+    ids = store.search(queries, 8)[3]
+    ref_ids, ref_scores = brute_force(rounded, queries, 8)
+    # the same neighbours as numpy over the rounded keys, up to ties closer than FAISS's float16 decoding error
+    agree = ids == ref_ids
+    assert agree.mean() > 0.99
+    for l, b, s, h, j in zip(*np.nonzero(~agree), strict=True):
+        assert abs(ref_scores[l, b, s, h, j] - ref_scores[l, b, s, h, max(j - 1, 0)]) < 1e-2
+
+
 def clustered(rng, n, dim, centers, noise=0.8):
     return (centers[rng.integers(0, len(centers), n)] + noise * rng.standard_normal((n, dim))).astype(np.float32)
 
@@ -103,7 +118,7 @@ def test_approximate_recall_on_clustered_keys(index_type, tmp_path):
         assert recall < 1.0 and exact.recall_at_k(queries, 16) == 1.0
 
 
-@pytest.mark.parametrize("index_type", ["flat", "ivf_fp16"])
+@pytest.mark.parametrize("index_type", ["flat", "flat_fp16", "ivf_fp16"])
 def test_drop_oldest_keeps_the_last_capacity_tokens(index_type):
     rng = np.random.default_rng(2)
     windows = random_windows(rng, 7, 20)
@@ -171,9 +186,9 @@ def test_memmap_payload_matches_ram(tmp_path):
 
 
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"unknown index_type 'ivfpq'.*'flat', 'ivf_flat'"):
+    with pytest.raises(ValueError, match=r"unknown index_type 'ivfpq'.*'flat', 'flat_fp16', 'ivf_flat'"):
         KnnIndexConfig(index_type="ivfpq")
-    assert set(INDEX_TYPES) == {"flat", "ivf_flat", "ivf_sq8", "ivf_fp16", "hnsw"}
+    assert set(INDEX_TYPES) == {"flat", "flat_fp16", "ivf_flat", "ivf_sq8", "ivf_fp16", "hnsw"}
     with pytest.raises(ValueError, match="unknown memory capacity policy"):
         KnnIndexConfig(policy="keep")
     with pytest.raises(ValueError, match="HNSW lacks"):
