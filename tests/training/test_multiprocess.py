@@ -353,6 +353,7 @@ TEXT = (  # configs/tiny_fot.py shrunk: the demo text, CrossBatch k = 2, r = 3, 
     "--config.data.k=2",
     "--config.data.lane_streams=True",
     "--config.train.warmup_steps=0",
+    "--config.train.schedule=constant",  # a decaying schedule would depend on train.steps, which the resume changes
     "--config.train.log_every=1",
     "--config.train.async_checkpointing=False",
 )
