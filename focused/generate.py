@@ -264,21 +264,41 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    batch, n = np.shape(input_ids)
+    n = np.shape(input_ids)[1]
     window = model.config.max_position_embeddings
     capacity = capacity or max(-(-(n + max_new_tokens + window) // window) * window, window)
     state = ingest(
         model, input_ids, attention_mask, capacity=capacity, policy=policy, memory_cfg=memory_cfg, progress=progress
     )
+    return generate_from(
+        model, state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, eos_token_id=eos_token_id
+    )
+
+
+def generate_from(
+    model: LlamaForCausalLM,
+    state: GenerationState,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+) -> np.ndarray:
+    """Generates `max_new_tokens` `[batch, max_new_tokens]` int32 from an `ingest`ed state (which it consumes: the
+    cache is donated and the memory grows)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    window = model.config.max_position_embeddings
+    batch = state.logits.shape[0]
     graphdef, params = nnx.split(model)
     eos = eos_token_id
-    pad = eos or 0
     carry = _Decoding(
         cache=state.cache,
         logits=state.logits,
         key=jax.random.key(seed),
         done=jnp.zeros(batch, bool),
-        tokens=jnp.full((batch, max_new_tokens), pad, jnp.int32),
+        tokens=jnp.full((batch, max_new_tokens), eos or 0, jnp.int32),
         produced=jnp.zeros((), jnp.int32),
     )
     # max_new_tokens - 1 rounds of (sample, feed) in segments that fit the cache, then one last sample
