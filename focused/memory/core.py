@@ -169,15 +169,12 @@ def memory_attention(
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
     if impl == "flash" and (memory is None or (isinstance(memory, MemoryBlock) and top_k is None)):
-        from focused.memory.flash import flash_attention
+        from focused.memory.flash import flash_attention_sets
 
-        keys, values, mask = k, v, local_mask
-        if memory is not None:
-            keys = jnp.concatenate([memory.keys.astype(k.dtype), k], axis=1)
-            values = jnp.concatenate([memory.values.astype(v.dtype), v], axis=1)
-            mem_mask = jnp.broadcast_to(memory.mask[:, None, :], (batch, seq, memory.mask.shape[1]))
-            mask = jnp.concatenate([mem_mask, local_mask], axis=-1)
-        return flash_attention(qg, keys, values, mask, kv_chunk).reshape(batch, seq, heads, dim)
+        key_sets = ((k, v, local_mask),)
+        if memory is not None:  # memory and local keys share one softmax without being concatenated
+            key_sets = ((memory.keys, memory.values, memory.mask[:, None, :]), *key_sets)
+        return flash_attention_sets(qg, key_sets, kv_chunk).reshape(batch, seq, heads, dim)
     if query_chunk is None or query_chunk >= seq or seq % query_chunk or isinstance(memory, RetrievedMemory):
         out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k)
     else:
