@@ -88,11 +88,11 @@ def _window_kv(
     """One prefix window attending to memory → its raw keys/values `[mem_layers, batch, seq, kv_heads, head_dim]`
     (the lm_head is skipped: a prefix window's logits are never used)."""
     model = nnx.merge(graphdef, params)
-    hidden_kv = model.model(input_ids, valid, None, reader.blocks())[1]
-    if not hidden_kv:
+    window_kv = model.model(input_ids, valid, None, reader.blocks())[1]
+    if not window_kv:
         empty = jnp.zeros((0, *input_ids.shape, model.config.kv_heads, model.config.head_size))
         return empty, empty
-    return jnp.stack([kv.keys for kv in hidden_kv]), jnp.stack([kv.values for kv in hidden_kv])
+    return jnp.stack([kv.keys for kv in window_kv]), jnp.stack([kv.values for kv in window_kv])
 
 
 @functools.partial(jax.jit, static_argnames=("mem_layers",))
