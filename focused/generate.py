@@ -12,6 +12,10 @@ For a prompt of n tokens and window W = max_position_embeddings, L = last_contex
 
 These are the rules of the official LongLLaMA PyTorch code, which is what makes outputs agree with it.
 
+The memory is any `focused.memory.store.MemoryStore` (dense or top-k on the device, FAISS on the host); this module
+never branches on the backend. `generate` decodes in segments: between two moves of the cache into memory, one
+jitted `lax.while_loop` samples and feeds every token (no host work or sync per token; the cache is donated).
+
     from focused.generate import generate
     tokens = generate(model, prompt_ids, max_new_tokens=32)                # greedy
     tokens = generate(model, prompt_ids, 32, temperature=0.8, top_p=0.9)   # sampling
@@ -29,27 +33,17 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.backends import MemoryConfig
-from focused.memory.dense import (
-    DenseMemoryState,
-    append_window,
-    check_capacity,
-    init_memory,
-    memory_blocks,
-    memory_view,
-    window_step,
-)
-from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
-from focused.memory.knn import KnnRetriever, add_window, knn_window_step, new_store
-from focused.model.attention import WindowKV
+from focused.memory.dense import check_capacity
+from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.llama import LlamaForCausalLM, LocalCache
 
 
 class GenerationState(NamedTuple):
-    memory: DenseMemoryState | KnnMemoryStore  # on-device buffer (dense / topk) or host FAISS store (faiss)
+    memory: MemoryStore  # on-device buffer (dense / topk) or host FAISS store (faiss), behind one interface
     cache: LocalCache
     logits: jax.Array  # [batch, vocab] float32: the next-token logits after the last token seen
-    memory_cfg: MemoryConfig
+    cache_length: int  # host copy of cache.length: deciding when to flush needs no device sync
 
 
 def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
@@ -64,67 +58,57 @@ def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "retrievers", "view"), donate_argnames=("cache",))
+def _last_logits(
+    model: LlamaForCausalLM, blocks: tuple, cache: LocalCache, ids: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, LocalCache]:
+    """`[batch, t]` tokens through the model into the cache; only the last position goes through the lm_head."""
+    last = jnp.full((1,), ids.shape[1] - 1, jnp.int32)
+    out = model(ids, attention_mask=valid, memory=blocks, cache=cache, logit_positions=last)
+    return out.logits[:, 0], out.cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
 def _cache_step(
     graphdef: nnx.GraphDef,
     params: nnx.State,
-    memory: DenseMemoryState | None,
+    reader: MemoryReader,
     cache: LocalCache,
     input_ids: jax.Array,
     valid: jax.Array,
-    top_k: int | None = None,
-    retrievers: tuple[KnnRetriever, ...] | None = None,
-    view: int | None = None,
 ) -> tuple[jax.Array, LocalCache]:
-    """Runs `[batch, t]` tokens through the model into the local cache (attending to memory and the cache)."""
+    """Runs `[batch, t]` tokens into the local cache (attending to memory and the cache); the last logits
+    `[batch, vocab]` and the cache."""
+    return _last_logits(nnx.merge(graphdef, params), reader.blocks(), cache, input_ids, valid)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _window_kv(
+    graphdef: nnx.GraphDef, params: nnx.State, reader: MemoryReader, input_ids: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One prefix window attending to memory → its raw keys/values `[mem_layers, batch, seq, kv_heads, head_dim]`
+    (the lm_head is skipped: a prefix window's logits are never used)."""
     model = nnx.merge(graphdef, params)
-    blocks = retrievers if retrievers is not None else memory_blocks(memory, top_k, view)
-    out = model(input_ids, attention_mask=valid, memory=blocks, cache=cache)
-    return out.logits, out.cache
+    window_kv = model.model(input_ids, valid, None, reader.blocks())[1]
+    if not window_kv:
+        empty = jnp.zeros((0, *input_ids.shape, model.config.kv_heads, model.config.head_size))
+        return empty, empty
+    return jnp.stack([kv.keys for kv in window_kv]), jnp.stack([kv.values for kv in window_kv])
 
 
-@functools.partial(jax.jit, static_argnames=("mem_layers",), donate_argnames=("memory",))
-def _flush_dense(memory: DenseMemoryState, cache: LocalCache, mem_layers: tuple[int, ...]) -> DenseMemoryState:
-    kv = tuple(WindowKV(cache.keys[i], cache.values[i]) for i in mem_layers)
-    return append_window(memory, kv, cache.valid)
+@functools.partial(jax.jit, static_argnames=("mem_layers",))
+def _cache_kv(cache: LocalCache, mem_layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The memory layers' part of a full cache: keys, values `[mem_layers, batch, size, kv_heads, head_dim]`."""
+    layers = np.asarray(mem_layers, np.int32)
+    return cache.keys[layers], cache.values[layers], cache.valid
 
 
-def _flush(
-    memory: DenseMemoryState | KnnMemoryStore, cache: LocalCache, mem_layers: tuple[int, ...]
-) -> tuple[DenseMemoryState | KnnMemoryStore, LocalCache]:
-    """Moves the whole (full) local cache into memory (memory layers) and empties it."""
-    if isinstance(memory, KnnMemoryStore):
-        layers = np.asarray(mem_layers, np.int32)
-        add_window(memory, cache.keys[layers], cache.values[layers], cache.valid)
-    else:
-        memory = _flush_dense(memory, cache, mem_layers)
+def _flush(model: LlamaForCausalLM, state: GenerationState) -> GenerationState:
+    """Moves the whole (full) local cache into memory (memory layers; other layers drop it) and empties it."""
+    cfg, memory, cache = model.config, state.memory, state.cache
+    check_capacity(memory.stored, cfg.max_position_embeddings, memory.capacity, memory.policy)
+    memory.append(*_cache_kv(cache, tuple(cfg.mem_layers)))
     empty = cache._replace(valid=jnp.zeros_like(cache.valid), length=jnp.zeros_like(cache.length))
-    return memory, empty
-
-
-def _stored(memory: DenseMemoryState | KnnMemoryStore) -> tuple[int, int]:
-    """(tokens written, capacity) of either kind of memory."""
-    if isinstance(memory, KnnMemoryStore):
-        return memory.written, memory.config.capacity
-    return int(memory.length), memory.mask.shape[1]
-
-
-def _run(
-    model: LlamaForCausalLM,
-    memory: DenseMemoryState | KnnMemoryStore,
-    cache: LocalCache,
-    ids: jax.Array,
-    valid: jax.Array,
-    memory_cfg: MemoryConfig,
-) -> tuple[jax.Array, LocalCache]:
-    graphdef, params = nnx.split(model)
-    if isinstance(memory, KnnMemoryStore):
-        retrievers = tuple(KnnRetriever(memory, i, memory_cfg.top_k) for i in range(len(model.config.mem_layers)))
-        return _cache_step(graphdef, params, None, cache, ids, valid, retrievers=retrievers)
-    top_k = memory_cfg.top_k if memory_cfg.backend == "topk" else None
-    written, capacity = _stored(memory)
-    view = memory_view(written, capacity, model.config.max_position_embeddings)
-    return _cache_step(graphdef, params, memory, cache, ids, valid, top_k, view=view)
+    return state._replace(cache=empty, cache_length=0)
 
 
 def ingest(
@@ -153,38 +137,28 @@ def ingest(
     valid = jnp.ones((batch, n), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     prefix = max(n - last, 0)
     capacity = capacity or memory_cfg.capacity or max(-(-(prefix + window) // window) * window, window)
+    memory = new_store(cfg, batch, memory_cfg, capacity)
     graphdef, params = nnx.split(model)
-    if memory_cfg.backend == "faiss":
-        index = KnnIndexConfig(**{**dict(memory_cfg.index), "capacity": capacity, "policy": memory_cfg.policy})
-        memory = new_store(model, batch, index)
-    else:
-        memory = init_memory(cfg, batch, capacity)
-    top_k = memory_cfg.top_k if memory_cfg.backend == "topk" else None
     for start in tqdm(range(0, prefix, window), desc="ingest", unit="win", disable=not progress):
         stop = min(start + window, prefix)
-        check_capacity(start, stop - start, capacity, memory_cfg.policy)
+        check_capacity(memory.stored, stop - start, memory.capacity, memory.policy)
         ids, ok = input_ids[:, start:stop], valid[:, start:stop]
-        if isinstance(memory, KnnMemoryStore):
-            retrievers = tuple(KnnRetriever(memory, i, memory_cfg.top_k) for i in range(len(cfg.mem_layers)))
-            _, keys, values = knn_window_step(graphdef, params, ids, ok, retrievers)
-            add_window(memory, keys, values, ok)
-        else:
-            _, memory = window_step(graphdef, params, memory, ids, ok, top_k, memory_view(start, capacity, window))
-    logits, cache = _run(model, memory, init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:], memory_cfg)
-    return GenerationState(memory, cache, logits[:, -1], memory_cfg)
+        keys, values = _window_kv(graphdef, params, memory.reader(), ids, ok)
+        memory.append(keys, values, ok)
+    logits, cache = _cache_step(
+        graphdef, params, memory.reader(), init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:]
+    )
+    return GenerationState(memory, cache, logits, n - prefix)
 
 
 def decode(model: LlamaForCausalLM, state: GenerationState, tokens: jax.Array) -> GenerationState:
     """Feeds one token per row `[batch]`, moving a full local cache to memory first (LongLLaMA's rule)."""
-    cfg = model.config
-    memory, cache = state.memory, state.cache
-    if int(cache.length) + 1 > cfg.max_position_embeddings:
-        written, capacity = _stored(memory)
-        check_capacity(written, cfg.max_position_embeddings, capacity, state.memory_cfg.policy)
-        memory, cache = _flush(memory, cache, cfg.mem_layers)
+    if state.cache_length + 1 > model.config.max_position_embeddings:
+        state = _flush(model, state)
+    graphdef, params = nnx.split(model)
     ids = jnp.asarray(tokens, jnp.int32)[:, None]
-    logits, cache = _run(model, memory, cache, ids, jnp.ones_like(ids, bool), state.memory_cfg)
-    return GenerationState(memory, cache, logits[:, -1], state.memory_cfg)
+    logits, cache = _cache_step(graphdef, params, state.memory.reader(), state.cache, ids, jnp.ones_like(ids, bool))
+    return state._replace(cache=cache, logits=logits, cache_length=state.cache_length + 1)
 
 
 @functools.partial(jax.jit, static_argnames=("temperature", "top_p"))
@@ -203,6 +177,70 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float = 0.0, top_p: f
     return jax.random.categorical(key, logits, axis=-1)
 
 
+class _Decoding(NamedTuple):
+    """The carry of the decode loop (every field stays on the device between segments)."""
+
+    cache: LocalCache
+    logits: jax.Array  # [batch, vocab] float32
+    key: jax.Array  # PRNG key
+    done: jax.Array  # [batch] bool: the row has produced eos
+    tokens: jax.Array  # [batch, max_new_tokens] int32, pre-filled with the padding token
+    produced: jax.Array  # [] int32: tokens written to `tokens` so far
+
+
+def _next_token(
+    c: _Decoding, temperature: float, top_p: float, eos_token_id: int | None
+) -> tuple[jax.Array, _Decoding]:
+    """Samples one token per row from `c.logits` (splitting the key as step-by-step decoding does) and records it."""
+    key, sub = jax.random.split(c.key)
+    token = sample(c.logits, sub, temperature, top_p).astype(jnp.int32)
+    done = c.done
+    if eos_token_id is not None:
+        token = jnp.where(done, eos_token_id, token)
+        done = done | (token == eos_token_id)
+    tokens = jax.lax.dynamic_update_slice(c.tokens, token[:, None], (0, c.produced))
+    return token, c._replace(key=key, done=done, tokens=tokens, produced=c.produced + 1)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "temperature", "top_p", "eos_token_id"), donate_argnames=("carry",)
+)
+def _decode_segment(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    reader: MemoryReader,
+    carry: _Decoding,
+    steps: jax.Array,
+    temperature: float,
+    top_p: float,
+    eos_token_id: int | None,
+) -> _Decoding:
+    """Up to `steps` rounds of (sample a token from the logits; feed it through the model into the cache) in one
+    `lax.while_loop`, stopping early once every row has produced eos. Memory is read-only here: the caller moves
+    a full cache into memory between segments, so `steps` never exceeds the free cache slots."""
+    model = nnx.merge(graphdef, params)
+    blocks = reader.blocks()
+
+    def body(loop: tuple[jax.Array, _Decoding]) -> tuple[jax.Array, _Decoding]:
+        i, c = loop
+        token, c = _next_token(c, temperature, top_p, eos_token_id)
+        ids = token[:, None]
+        logits, cache = _last_logits(model, blocks, c.cache, ids, jnp.ones_like(ids, bool))
+        return i + 1, c._replace(cache=cache, logits=logits)
+
+    def cond(loop: tuple[jax.Array, _Decoding]) -> jax.Array:
+        i, c = loop
+        return (i < steps) & ~jnp.all(c.done)
+
+    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), carry))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_p", "eos_token_id"), donate_argnames=("carry",))
+def _last_token(carry: _Decoding, temperature: float, top_p: float, eos_token_id: int | None) -> _Decoding:
+    """The final token: sampled, never fed (its logits are not needed)."""
+    return _next_token(carry, temperature, top_p, eos_token_id)[1]
+
+
 def generate(
     model: LlamaForCausalLM,
     input_ids: np.ndarray | jax.Array,
@@ -219,7 +257,11 @@ def generate(
     progress: bool = True,
 ) -> np.ndarray:
     """Generates `max_new_tokens` after each prompt row; returns `[batch, max_new_tokens]` int32 (rows that hit
-    `eos_token_id` are padded with it afterwards)."""
+    `eos_token_id` are padded with it afterwards).
+
+    Tokens equal those of step-by-step decoding (`sample` on the logits, `decode` of the token, with the PRNG key
+    split once per token); the loop runs on the device, one jitted call per local-cache segment.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     n = np.shape(input_ids)[1]
@@ -228,20 +270,51 @@ def generate(
     state = ingest(
         model, input_ids, attention_mask, capacity=capacity, policy=policy, memory_cfg=memory_cfg, progress=progress
     )
-    key = jax.random.key(seed)
-    out = []
-    done = np.zeros(np.shape(input_ids)[0], bool)
-    for _ in range(max_new_tokens):
-        key, sub = jax.random.split(key)
-        token = np.asarray(sample(state.logits, sub, temperature, top_p))
-        if eos_token_id is not None:
-            token = np.where(done, eos_token_id, token)
-            done |= token == eos_token_id
-        out.append(token)
-        if done.all() or len(out) == max_new_tokens:
-            break
-        state = decode(model, state, jnp.asarray(token))
-    tokens = np.stack(out, axis=1).astype(np.int32)
-    if tokens.shape[1] < max_new_tokens:
-        tokens = np.pad(tokens, ((0, 0), (0, max_new_tokens - tokens.shape[1])), constant_values=eos_token_id or 0)
-    return tokens
+    return generate_from(
+        model, state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, eos_token_id=eos_token_id
+    )
+
+
+def generate_from(
+    model: LlamaForCausalLM,
+    state: GenerationState,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+) -> np.ndarray:
+    """Generates `max_new_tokens` `[batch, max_new_tokens]` int32 from an `ingest`ed state (which it consumes: the
+    cache is donated and the memory grows)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    window = model.config.max_position_embeddings
+    batch = state.logits.shape[0]
+    graphdef, params = nnx.split(model)
+    eos = eos_token_id
+    carry = _Decoding(
+        cache=state.cache,
+        logits=state.logits,
+        key=jax.random.key(seed),
+        done=jnp.zeros(batch, bool),
+        tokens=jnp.full((batch, max_new_tokens), eos or 0, jnp.int32),
+        produced=jnp.zeros((), jnp.int32),
+    )
+    # max_new_tokens - 1 rounds of (sample, feed) in segments that fit the cache, then one last sample
+    rounds = max_new_tokens - 1
+    while rounds:
+        if state.cache_length == window:  # the next token needs a slot: cache → memory
+            state = _flush(model, state._replace(cache=carry.cache))
+            carry = carry._replace(cache=state.cache)
+        steps = min(rounds, window - state.cache_length)
+        carry = _decode_segment(
+            graphdef, params, state.memory.reader(), carry, jnp.int32(steps), float(temperature), float(top_p), eos
+        )
+        rounds -= steps
+        state = state._replace(cache_length=state.cache_length + steps)
+        if eos is not None and rounds and bool(jnp.all(carry.done)):  # one sync per segment, only with eos
+            return np.asarray(carry.tokens)
+    if eos is not None and bool(jnp.all(carry.done)):
+        return np.asarray(carry.tokens)
+    return np.asarray(_last_token(carry, float(temperature), float(top_p), eos).tokens)

@@ -37,7 +37,7 @@ def test_long_prompt_and_cache_overflow_follow_longllama_windows():
         logits.append(np.asarray(state.logits[0]))
     ref = forward_long_reference(config, params_numpy(model), ids[0], starts=[0, 16, 32, 37, 53, 69])
     np.testing.assert_allclose(np.stack(logits), ref[n - 1 : 79], atol=3e-5, rtol=0)
-    assert int(state.memory.length) == 37 + 16 + 16
+    assert state.memory.stored == 37 + 16 + 16
 
 
 def test_batched_prompts_with_left_padding_match_unpadded_rows():
@@ -101,3 +101,63 @@ def test_generation_with_topk_and_faiss_memory_equals_dense():
         runs[name] = np.stack(logits)
     np.testing.assert_allclose(runs["topk"], runs["dense"], atol=2e-5)
     np.testing.assert_allclose(runs["faiss"], runs["dense"], atol=2e-5)
+
+
+def stepwise(model, ids, max_new, *, temperature=0.0, top_p=1.0, seed=0, eos=None, memory_cfg=None):
+    """The token-by-token loop on the host (what `generate` did before its device loop): sample, then `decode`."""
+    import jax
+
+    window = model.config.max_position_embeddings
+    capacity = max(-(-(ids.shape[1] + max_new + window) // window) * window, window)
+    state = ingest(model, ids, capacity=capacity, memory_cfg=memory_cfg, progress=False)
+    key = jax.random.key(seed)
+    out, done = [], np.zeros(ids.shape[0], bool)
+    for _ in range(max_new):
+        key, sub = jax.random.split(key)
+        token = np.asarray(sample(state.logits, sub, temperature, top_p))
+        if eos is not None:
+            token = np.where(done, eos, token)
+            done |= token == eos
+        out.append(token)
+        if done.all() or len(out) == max_new:
+            break
+        state = decode(model, state, jnp.asarray(token))
+    tokens = np.stack(out, axis=1)
+    return np.pad(tokens, ((0, 0), (0, max_new - tokens.shape[1])), constant_values=eos or 0)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (0.9, 0.8)])
+def test_device_decode_loop_equals_stepwise_decoding_through_cache_overflow(temperature, top_p):
+    """W = 16, L = 8, prompt 30: the cache starts at 8 tokens and overflows into memory twice in 40 tokens."""
+    config = tiny_config(max_position_embeddings=16, last_context_length=8, mem_layers=(0, 2))
+    model = build(config, seed=41)
+    ids = np.random.default_rng(42).integers(0, config.vocab_size, size=(2, 30))
+    kw = dict(temperature=temperature, top_p=top_p, seed=3)
+    want = stepwise(model, ids, 40, **kw)
+    got = generate(model, ids, 40, progress=False, **kw)
+    np.testing.assert_array_equal(got, want)
+    assert len(set(got[0].tolist())) > 3  # not a degenerate repetition that would hide a misplaced token
+
+
+def test_device_decode_loop_stops_at_eos_like_stepwise_decoding():
+    config = tiny_config(max_position_embeddings=16, last_context_length=8)
+    model = build(config, seed=43)
+    ids = np.random.default_rng(44).integers(0, config.vocab_size, size=(2, 20))
+    free = generate(model, ids, 24, progress=False)
+    eos = int(free[0, 11])  # row 0 stops here (or earlier), row 1 whenever it samples this token
+    want = stepwise(model, ids, 24, eos=eos)
+    got = generate(model, ids, 24, eos_token_id=eos, progress=False)
+    np.testing.assert_array_equal(got, want)
+    assert (got[0, 12:] == eos).all()
+
+
+def test_device_decode_loop_with_faiss_memory_equals_stepwise():
+    from focused.memory.backends import MemoryConfig
+
+    config = tiny_config(max_position_embeddings=16, last_context_length=8, mem_layers=(1,))
+    model = build(config, seed=45)
+    ids = np.random.default_rng(46).integers(0, config.vocab_size, size=(1, 40))
+    memory_cfg = MemoryConfig(backend="faiss", top_k=4, index={"index_type": "flat"})
+    want = stepwise(model, ids, 30, memory_cfg=memory_cfg)
+    got = generate(model, ids, 30, memory_cfg=memory_cfg, progress=False)
+    np.testing.assert_array_equal(got, want)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 MASKED = float(jnp.finfo(jnp.float32).min)
+IMPLS = ("reference", "flash")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["keys", "values", "mask"], meta_fields=["top_k"])
@@ -134,6 +135,8 @@ def memory_attention(
     *,
     query_chunk: int | None = None,
     top_k: int | None = None,
+    impl: str = "reference",
+    kv_chunk: int = 512,
 ) -> jax.Array:
     """Attention over [memory ; local window] with one float32 softmax.
 
@@ -147,6 +150,9 @@ def memory_attention(
         softmax over [top-k ; local]; None = all of memory (dense).
       query_chunk: process queries in chunks of this many positions (LongLLaMA's `mem_attention_grouping`),
         bounding the `[batch, heads, chunk, mem]` score buffer for long memories.
+      impl: "reference" (scores materialised, autodiff backward) or "flash" (`focused.memory.flash`: keys in
+        chunks of `kv_chunk`, online softmax, a hand-written backward that keeps no score tensor). "flash" serves
+        plain attention and a dense MemoryBlock; top-k and retrieved (kNN) memory always use the reference.
     Returns:
       `[batch, seq, heads, head_dim]` in v's dtype.
     """
@@ -160,6 +166,15 @@ def memory_attention(
     qg = q.reshape(batch, seq, kv_heads, heads // kv_heads, dim)
     if isinstance(memory, MemoryBlock) and top_k is None:
         top_k = memory.top_k
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
+    if impl == "flash" and (memory is None or (isinstance(memory, MemoryBlock) and top_k is None)):
+        from focused.memory.flash import flash_attention_sets
+
+        key_sets = ((k, v, local_mask),)
+        if memory is not None:  # memory and local keys share one softmax without being concatenated
+            key_sets = ((memory.keys, memory.values, memory.mask[:, None, :]), *key_sets)
+        return flash_attention_sets(qg, key_sets, kv_chunk).reshape(batch, seq, heads, dim)
     if query_chunk is None or query_chunk >= seq or seq % query_chunk or isinstance(memory, RetrievedMemory):
         out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k)
     else:

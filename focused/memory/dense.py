@@ -14,6 +14,7 @@ written into the buffer. Memory attention has no notion of order, so "drop oldes
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -103,11 +104,15 @@ def window_step(
     valid: jax.Array,
     top_k: int | None = None,
     view: int | None = None,
+    logit_positions: jax.Array | None = None,
 ) -> tuple[jax.Array, DenseMemoryState]:
     """One window `[batch, seq]` attending to the first `view` memory slots, then appended to the memory;
-    returns (logits, memory)."""
+    returns (logits `[batch, seq or k, vocab]`, memory). logit_positions `[k]`: the window positions whose logits
+    are wanted (None = all; an empty array skips the lm_head)."""
     model = nnx.merge(graphdef, params)
-    out = model(input_ids, attention_mask=valid, memory=memory_blocks(state, top_k, view))
+    out = model(
+        input_ids, attention_mask=valid, memory=memory_blocks(state, top_k, view), logit_positions=logit_positions
+    )
     return out.logits, append_window(state, out.memory_kv, valid)
 
 
@@ -122,6 +127,30 @@ def check_capacity(written: int, incoming: int, capacity: int, policy: str) -> N
         )
 
 
+SPLITS = ("windows", "longllama")
+
+
+def window_starts(n: int, window: int, last_context_length: int, split: str = "windows") -> list[int]:
+    """Where the windows of an `n`-token input start.
+
+    "windows": 0, W, 2W, ... (every window full but the last).
+    "longllama": the official LongLLaMA forward: the first n - L tokens in windows of W from 0 (the last of them
+    may be short), then the final L = last_context_length tokens as one chunk; an input of at most L tokens is one
+    chunk. Tail logits differ from "windows" whenever n - L is not a multiple of W.
+    """
+    if split == "windows":
+        return list(range(0, n, window))
+    if split == "longllama":
+        prefix = max(n - last_context_length, 0)
+        return [*range(0, prefix, window), prefix] if prefix < n else list(range(0, prefix, window))
+    raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+
+
+def _bucket(k: int) -> int:
+    """Pads a count of wanted positions to a power of two, so a window compiles for few distinct shapes."""
+    return 1 << max(k - 1, 0).bit_length()
+
+
 def forward_long(
     model: LlamaForCausalLM,
     input_ids: np.ndarray | jax.Array,
@@ -131,8 +160,10 @@ def forward_long(
     policy: str = "error",
     memory: DenseMemoryState | None = None,
     top_k: int | None = None,
+    logits: str | Sequence[int] | np.ndarray | None = "all",
+    split: str = "windows",
     progress: bool = False,
-) -> tuple[jax.Array, DenseMemoryState]:
+) -> tuple[jax.Array | None, DenseMemoryState]:
     """Runs a long input window by window with dense memory.
 
     Args:
@@ -142,8 +173,15 @@ def forward_long(
       policy: "error" (refuse input that overflows) or "drop_oldest" (ring buffer).
       memory: continue from an existing memory instead of an empty one.
       top_k: None = dense attention over all of memory; k = exact top-k per query on device.
+      logits: which logits to return, and so which positions go through the lm_head (the full-vocabulary
+        projection; keeping all of them costs `n * vocab * 4` bytes):
+        "all" → `[batch, n, vocab]`; "last" → `[batch, vocab]` at position n - 1; a sequence of positions
+        (0 <= p < n, any order, repeats allowed) → `[batch, len(positions), vocab]`; None → no logits (None).
+      split: where windows are cut (`window_starts`): "windows" (from token 0) or "longllama" (the official
+        forward: the last `last_context_length` tokens are the final chunk). Every window, the final chunk
+        included, is appended to the returned memory.
     Returns:
-      (logits `[batch, n, vocab]` float32, the memory after the last window).
+      (logits as asked, float32, the memory after the last window).
     """
     cfg = model.config
     window = cfg.max_position_embeddings
@@ -152,16 +190,52 @@ def forward_long(
     valid = jnp.ones((batch, n), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
     if memory is None:
         memory = init_memory(cfg, batch, capacity or max(-(-n // window) * window, window))
+    if isinstance(logits, str) and logits not in ("all", "last"):
+        raise ValueError(f"logits must be 'all', 'last', a sequence of positions or None, got {logits!r}")
+    wanted = None
+    if logits is not None and not isinstance(logits, str):
+        wanted = np.asarray(logits, np.int64).reshape(-1)
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+            raise ValueError(f"logit positions must lie in [0, {n}), got {wanted.min()}..{wanted.max()}")
     graphdef, params = nnx.split(model)
     written = int(memory.length)
-    logits = []
-    starts = range(0, n, window)
-    for start in tqdm(starts, desc="windows", disable=not progress, unit="win"):
-        stop = min(start + window, n)
+    starts = window_starts(n, window, cfg.last_context_length, split)
+    pieces, order = [], []
+    for start, stop in tqdm(
+        zip(starts, [*starts[1:], n], strict=True), total=len(starts), desc="windows", disable=not progress, unit="win"
+    ):
         check_capacity(written, stop - start, memory.mask.shape[1], policy)
         view = memory_view(written, memory.mask.shape[1], window)
         ids, ok = input_ids[:, start:stop], valid[:, start:stop]
-        out, memory = window_step(graphdef, params, memory, ids, ok, top_k, view)
+        if logits == "all":
+            positions = None
+        elif logits == "last":
+            positions = np.array([stop - start - 1] if stop == n else [], np.int32)
+        elif logits is None:
+            positions = np.zeros(0, np.int32)
+        else:
+            inside = np.flatnonzero((wanted >= start) & (wanted < stop))
+            order.append(inside)
+            local = (wanted[inside] - start).astype(np.int32)
+            positions = np.zeros(_bucket(local.size) if local.size else 0, np.int32)
+            positions[: local.size] = local
+        out, memory = window_step(graphdef, params, memory, ids, ok, top_k, view, positions)
         written += stop - start
-        logits.append(out)
-    return jnp.concatenate(logits, axis=1), memory
+        if logits == "all":
+            pieces.append(out)
+        elif logits == "last" and stop == n:
+            pieces.append(out[:, 0])
+        elif wanted is not None and order[-1].size:
+            pieces.append(out[:, : order[-1].size])
+    if logits is None:
+        return None, memory
+    if logits == "last":
+        return pieces[0], memory
+    if logits == "all":
+        return jnp.concatenate(pieces, axis=1), memory
+    if not pieces:
+        return jnp.zeros((batch, 0, cfg.vocab_size), jnp.float32), memory
+    found = np.concatenate(order)  # the index into `wanted` of each gathered column
+    inverse = np.empty_like(found)
+    inverse[found] = np.arange(found.size)
+    return jnp.take(jnp.concatenate(pieces, axis=1), jnp.asarray(inverse), axis=1), memory

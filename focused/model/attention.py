@@ -96,7 +96,9 @@ class Attention(nnx.Module):
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
-        out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk)
+        out = memory_attention(
+            q, k, v, local_mask, memory, query_chunk=chunk, impl=cfg.attention_impl, kv_chunk=cfg.attention_chunk
+        )
         return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
 
 

@@ -29,7 +29,8 @@ class LlamaConfig:
     """A LLaMA / LongLLaMA decoder.
 
     Attributes follow Hugging Face `LlamaConfig` / LongLLaMA `LongLlamaConfig` names. Extra fields that are ours:
-    `param_dtype` (storage of parameters), `dtype` (compute), `remat` (rematerialise each block in backward).
+    `param_dtype` (storage of parameters), `dtype` (compute), `remat` (rematerialise each block in backward),
+    `attention_impl` / `attention_chunk` (the attention kernel: "reference" or chunked "flash").
     """
 
     vocab_size: int = 32000
@@ -58,6 +59,8 @@ class LlamaConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention_impl: str = "reference"  # "flash": chunked attention with a hand-written VJP (focused.memory.flash)
+    attention_chunk: int = 512  # keys per chunk for attention_impl="flash"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mem_layers", tuple(int(i) for i in self.mem_layers))
@@ -80,6 +83,10 @@ class LlamaConfig:
             raise ValueError(
                 f"mem_layers {list(self.mem_layers)} name layers outside 0..{self.num_hidden_layers - 1}: {bad}"
             )
+        if self.attention_impl not in ("reference", "flash"):
+            raise ValueError(f"attention_impl must be 'reference' or 'flash', got {self.attention_impl!r}")
+        if self.attention_chunk < 1:
+            raise ValueError(f"attention_chunk must be positive, got {self.attention_chunk}")
         for name in ("mem_dtype", "param_dtype", "dtype"):
             resolve_dtype(getattr(self, name))
         if not 0 < self.last_context_length <= self.max_position_embeddings:

@@ -207,12 +207,17 @@ class LlamaForCausalLM(nnx.Module):
         memory: Sequence[MemoryBlock | None] | CrossBatch | None = None,
         inputs_embeds: jax.Array | None = None,
         cache: LocalCache | None = None,
+        logit_positions: jax.Array | None = None,
     ) -> CausalLMOutput:
         """input_ids `[batch, seq]` int, attention_mask `[batch, seq]` (1 = token, 0 = padding),
         positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer, a `CrossBatch`
         spec (training: memory layers attend to earlier rows of the batch), or None; cache: a `LocalCache`
-        (generation, see focused.generate)."""
+        (generation, see focused.generate); logit_positions: `[k]` int indices into the window: the lm_head runs
+        only there and logits are `[batch, k, vocab]` (None = every position). The full-vocabulary projection
+        is the largest matmul of a small model, so decoding and `forward_long(logits="last")` skip it elsewhere."""
         hidden, kv, cache = self.model(input_ids, attention_mask, positions, memory, inputs_embeds, cache)
+        if logit_positions is not None:
+            hidden = jnp.take(hidden, jnp.asarray(logit_positions, jnp.int32), axis=1)
         if self.config.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(hidden)
         else:

@@ -27,7 +27,7 @@ from focused.training.errors import TrainingError
 
 LOCK_NAME = "train.lock"
 # model fields that change how a step runs but not what a checkpoint holds; a resume may change them freely
-RUNTIME_FIELDS = ("remat", "dtype", "mem_attention_grouping")
+RUNTIME_FIELDS = ("remat", "dtype", "mem_attention_grouping", "attention_impl", "attention_chunk")
 # files copied from the tokenizer's folder next to the one that is read (tokenizer.json / tokenizer.model)
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
 

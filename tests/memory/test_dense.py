@@ -116,3 +116,46 @@ def test_capacity_error_policy():
         forward_long(model, ids, capacity=32, policy="error")
     with pytest.raises(ValueError, match="unknown memory capacity policy"):
         forward_long(model, ids, capacity=64, policy="fifo")
+
+
+def test_longllama_split_matches_a_hand_computed_split():
+    """n = 45, W = 16, L = 8: the official forward reads [0,16) [16,32) [32,37) into memory, then [37,45)."""
+    from focused.memory.dense import window_starts
+
+    assert window_starts(45, 16, 8, "longllama") == [0, 16, 32, 37]
+    assert window_starts(40, 16, 8, "longllama") == [0, 16, 32]  # n - L a multiple of W: same as "windows"
+    assert window_starts(5, 16, 8, "longllama") == [0]
+    assert window_starts(45, 16, 8) == [0, 16, 32]
+    config = tiny_config(max_position_embeddings=16, last_context_length=8, mem_layers=(0, 2))
+    model = build(config, seed=14)
+    ids = np.random.default_rng(15).integers(0, config.vocab_size, size=(2, 45))
+    logits, memory = forward_long(model, ids, split="longllama")
+    p = params_numpy(model)
+    for row in range(2):
+        ref = forward_long_reference(config, p, ids[row], starts=[0, 16, 32, 37])
+        np.testing.assert_allclose(np.asarray(logits[row]), ref, atol=2e-5, rtol=0)
+    assert int(memory.length) == 45
+    default, _ = forward_long(model, ids)
+    assert np.abs(np.asarray(default[:, 37:] - logits[:, 37:])).max() > 1e-3  # the split matters at the tail
+
+
+def test_logits_last_positions_and_none_equal_the_full_logits():
+    config = tiny_config()
+    model = build(config, seed=16)
+    ids = np.random.default_rng(17).integers(0, config.vocab_size, size=(2, 45))
+    full, memory = forward_long(model, ids)
+    last, _ = forward_long(model, ids, logits="last")
+    assert last.shape == (2, config.vocab_size)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1]), atol=1e-5, rtol=0)
+    wanted = [44, 3, 17, 17, 0, 31, 32]
+    picked, _ = forward_long(model, ids, logits=wanted)
+    assert picked.shape == (2, len(wanted), config.vocab_size)
+    np.testing.assert_allclose(np.asarray(picked), np.asarray(full[:, wanted]), atol=1e-5, rtol=0)
+    nothing, same_memory = forward_long(model, ids, logits=None)
+    assert nothing is None
+    for a, b in zip(memory, same_memory, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="logit positions must lie in"):
+        forward_long(model, ids, logits=[45])
+    with pytest.raises(ValueError, match="logits must be"):
+        forward_long(model, ids, logits="first")

@@ -1,0 +1,349 @@
+"""Speed of long-input ingest and of decoding: focused (JAX) against the official LongLLaMA PyTorch code, on the
+same exported weights, interleaved in one run.
+
+For each model (random weights; `--models small,mid`, the shapes of issue 9's table) a focused model is exported
+with `focused.convert.export_hf(format="longllama")` and loaded by the official `LongLlamaForCausalLM` in a worker
+process of the scratch environment (`--python`, old transformers + torch; the official files in `--official-src`,
+fetched at run time as in bench/longllama_parity.py, never committed). Then, `--repeats` rounds, each timing every
+task on both sides back to back (the side that goes first alternates between rounds), float32:
+
+  ingest N        official `model(input_ids, attention_mask)` over N tokens (its `_handle_long_input`: windows of
+                  W into memory, the last `last_context_length` tokens through the local cache; logits for every
+                  position) against focused `forward_long(split="longllama", logits="all")` (the same logits) and
+                  `ingest` (the same split, memory + local cache, last logits only: what generation needs)
+  decode T after P  greedy decoding of T tokens after a P-token prompt, the prompt read first and not timed:
+                  official `generate(use_cache=True)`, timed from the first call of a logits processor (after the
+                  prompt forward) to the end; focused `generate_from(ingest(prompt))`. Both run T - 1 forward
+                  steps in that span. The generated tokens are compared as a check.
+
+Reported per task: the median seconds of each side and official / focused (> 1: focused is faster), plus each
+process's peak RSS. The first round of every task is a warm-up (JAX compiles there) and is not reported.
+
+Contention flatters JAX (PyTorch's OpenMP threads slow down 5-10x under load), so the script refuses to start when
+the 1-minute load average is above --max-load (1.5), and marks the results invalid if it rose above it by the end.
+`--ignore-load` runs anyway (to check the script), printing INVALID on every line.
+
+    mkdir -p /tmp/longllama_src && cd /tmp/longllama_src && for f in configuration_longllama.py \\
+        longllama_utils.py modeling_longllama.py; do git --git-dir=<mirror of long_llama> show HEAD:src/$f > $f; done
+    python3 -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install torch==2.13.0 "transformers==4.33.*" safetensors numpy
+    python bench/longllama_ingest_decode.py --official-src /tmp/longllama_src --python /tmp/llvenv/bin/python
+    python bench/longllama_ingest_decode.py ... --models mid --ingest 8192,32768 --json ingest_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# issue 9's shapes; head counts and MLP widths are not in the issue: 4 heads (small), LLaMA's ~2.7x MLP (mid)
+MODELS = {
+    "small": dict(
+        vocab_size=300,
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        last_context_length=40,
+        mem_layers=(0, 2),
+    ),
+    "mid": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        max_position_embeddings=512,
+        last_context_length=256,
+        mem_layers=(2, 4, 6),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# official side: a worker in the scratch environment, serving one JSON command per stdin line
+
+
+def official_worker(args: argparse.Namespace) -> None:
+    import torch
+    from longllama_parity import _import_official
+
+    modeling, configuration = _import_official(Path(args.official_src))
+    config = configuration.LongLlamaConfig.from_pretrained(args.hf_dir)
+    config.torch_attention = args.official_torch_attention
+    model = modeling.LongLlamaForCausalLM.from_pretrained(args.hf_dir, config=config, torch_dtype=torch.float32)
+    model.eval()
+    model.generation_config.eos_token_id = None
+
+    class Clock:  # a logits processor that notes when the first next-token scores arrive (prompt read)
+        first = None
+
+        def __call__(self, input_ids, scores):
+            if self.first is None:
+                self.first = time.perf_counter()
+            return scores
+
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        ids = torch.from_numpy(np.load(cmd["prompt"])).long()
+        mask = torch.ones_like(ids)
+        reply = {}
+        with torch.no_grad():
+            if cmd["op"] == "ingest":
+                start = time.perf_counter()
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                reply["seconds"] = time.perf_counter() - start
+                reply["shape"] = list(logits.shape)
+                del logits
+            elif cmd["op"] == "decode":
+                clock = Clock()
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=cmd["new_tokens"],
+                    do_sample=False,
+                    num_beams=1,
+                    use_cache=True,
+                    eos_token_id=None,
+                    pad_token_id=model.config.pad_token_id,
+                    logits_processor=[clock],
+                )
+                end = time.perf_counter()
+                reply["seconds"] = end - clock.first
+                reply["tokens"] = out[:, ids.shape[1] :].tolist()
+        reply["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps(reply), flush=True)
+
+
+class Official:
+    """The official worker process, driven line by line."""
+
+    def __init__(self, args: argparse.Namespace, hf_dir: Path) -> None:
+        command = [
+            args.python,
+            str(Path(__file__).resolve()),
+            "--role",
+            "official",
+            "--official-src",
+            str(Path(args.official_src).resolve()),
+            "--hf-dir",
+            str(hf_dir),
+        ]
+        if args.official_torch_attention:
+            command.append("--official-torch-attention")
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the official worker exited (see its stderr above)")
+        return json.loads(line)
+
+    def __call__(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# focused side
+
+
+def build_model(name: str, seed: int, std: float):
+    from flax import nnx
+
+    from focused import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**MODELS[name], mem_dtype="float32", rms_norm_eps=1e-6, num_key_value_heads=None)
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    state = nnx.state(model, nnx.Param)
+    for path, var in nnx.to_flat_state(state):
+        noise = rng.normal(size=var.shape)
+        var[...] = (1 + 0.1 * noise if path[-1] == "weight" else std * noise).astype(var[...].dtype)
+    nnx.update(model, state)
+    return model
+
+
+def focused_tasks(model, prompt: np.ndarray, task: tuple) -> dict:
+    """Runs one task on the focused side; returns seconds per variant (and tokens for decode)."""
+    import jax
+
+    from focused.generate import generate_from, ingest
+    from focused.memory.dense import forward_long
+
+    kind = task[0]
+    if kind == "ingest":
+        start = time.perf_counter()
+        logits, memory = forward_long(model, prompt, split="longllama", logits="all")
+        jax.block_until_ready((logits, memory))
+        full = time.perf_counter() - start
+        del logits, memory
+        start = time.perf_counter()
+        state = ingest(model, prompt, progress=False)
+        jax.block_until_ready((state.logits, state.cache))
+        return {"forward_long": full, "ingest": time.perf_counter() - start}
+    new_tokens = task[2]
+    window = model.config.max_position_embeddings
+    capacity = max(-(-(prompt.shape[1] + new_tokens + window) // window) * window, window)
+    state = ingest(model, prompt, capacity=capacity, progress=False)
+    jax.block_until_ready((state.logits, state.cache, state.memory.reader()))
+    start = time.perf_counter()
+    tokens = generate_from(model, state, new_tokens)
+    return {"decode": time.perf_counter() - start, "tokens": tokens.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> int:
+    load = os.getloadavg()[0]
+    if load > args.max_load and not args.ignore_load:
+        print(
+            f"refusing to run: 1-minute load average {load:.2f} > {args.max_load} (contention flatters JAX). "
+            "Wait for a quiet machine, or pass --ignore-load to check the script (results are then INVALID).",
+            file=sys.stderr,
+        )
+        return 3
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from focused.convert import export_hf
+
+    invalid = " INVALID (loaded machine)" if load > args.max_load else ""
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="ingest_decode_"))
+    report = {"load_before": load, "models": {}}
+    for name in args.models:
+        model = build_model(name, args.seed, args.std)
+        hf_dir = work / name / "hf"
+        export_hf(model, model.config, hf_dir, format="longllama", overwrite=True)
+        rng = np.random.default_rng(args.seed + 1)
+        tasks = [("ingest", n) for n in args.ingest] + [("decode", args.prompt, args.new_tokens)]
+        prompts = {}
+        for task in tasks:
+            path = work / name / f"prompt_{task[1]}.npy"
+            np.save(path, rng.integers(3, model.config.vocab_size, size=(1, task[1])).astype(np.int32))
+            prompts[task] = path
+        official = Official(args, hf_dir)
+        times = {task: {"official": [], "focused": {}} for task in tasks}
+        checks = {}
+        for round_ in range(args.repeats + 1):  # round 0: warm-up (compiles), not reported
+            for task in tasks:
+                prompt = np.load(prompts[task])
+                sides = ["official", "focused"] if round_ % 2 == 0 else ["focused", "official"]
+                for side in sides:
+                    if side == "official":
+                        cmd = {"op": task[0], "prompt": str(prompts[task])}
+                        if task[0] == "decode":
+                            cmd["new_tokens"] = task[2]
+                        reply = official(**cmd)
+                        if round_:
+                            times[task]["official"].append(reply["seconds"])
+                        if "tokens" in reply:
+                            checks.setdefault(task, {})["official"] = reply["tokens"]
+                        official_rss = reply["peak_rss_gib"]
+                    else:
+                        got = focused_tasks(model, prompt, task)
+                        if "tokens" in got:
+                            checks.setdefault(task, {})["focused"] = got.pop("tokens")
+                        if round_:
+                            for variant, seconds in got.items():
+                                times[task]["focused"].setdefault(variant, []).append(seconds)
+            print(f"[{name}] round {round_} done{' (warm-up)' if round_ == 0 else ''}", flush=True)
+        official.close()
+        rows = {}
+        for task, sides in times.items():
+            label = f"ingest {task[1]}" if task[0] == "ingest" else f"decode {task[2]} after {task[1]}"
+            off = statistics.median(sides["official"])
+            for variant, secs in sides["focused"].items():
+                foc = statistics.median(secs)
+                rows[f"{label} ({variant})"] = {
+                    "official_s": off,
+                    "focused_s": foc,
+                    "official_over_focused": off / foc,
+                    "official_all": sides["official"],
+                    "focused_all": secs,
+                }
+        same = {f"decode {t[2]} after {t[1]}": c.get("official") == c.get("focused") for t, c in checks.items()}
+        report["models"][name] = {
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in MODELS[name].items()},
+            "rows": rows,
+            "greedy_tokens_identical": same,
+            "peak_rss_gib": {
+                "official": official_rss,
+                "focused": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            },
+            "official_threads": official.hello.get("threads"),
+        }
+        print(f"\n== {name}: official / focused (> 1: focused faster), medians of {args.repeats} rounds{invalid}")
+        for label, row in rows.items():
+            print(
+                f"  {label:<36} official {row['official_s']:8.3f} s  focused {row['focused_s']:8.3f} s  "
+                f"ratio {row['official_over_focused']:5.2f}{invalid}"
+            )
+        print(f"  greedy tokens identical: {same}; peak RSS (GiB): {report['models'][name]['peak_rss_gib']}")
+    report["load_after"] = os.getloadavg()[0]
+    report["valid"] = load <= args.max_load and report["load_after"] <= args.max_load
+    if not report["valid"]:
+        print(f"\nINVALID: load average {load:.2f} before, {report['load_after']:.2f} after (limit {args.max_load})")
+    report["versions"] = {"jax": jax.__version__}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0 if report["valid"] else 4
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official-src", required=True, help="folder with the official src/*.py files")
+    parser.add_argument("--python", default=sys.executable, help="python of the environment with torch+transformers")
+    parser.add_argument("--models", default="small,mid", help=f"comma-separated subset of {sorted(MODELS)}")
+    parser.add_argument("--ingest", default="8192", help="comma-separated ingest lengths (tokens)")
+    parser.add_argument("--prompt", type=int, default=4096, help="prompt tokens before decoding")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--max-load", type=float, default=1.5, help="refuse above this 1-minute load average")
+    parser.add_argument("--ignore-load", action="store_true", help="run anyway; every result is marked INVALID")
+    parser.add_argument("--official-torch-attention", action="store_true", help="official config.torch_attention")
+    parser.add_argument("--std", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--json", default="")
+    parser.add_argument("--hf-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("main", "official"), default="main", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "main":
+        args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = sorted(set(args.models) - set(MODELS))
+        if unknown:
+            parser.error(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
+        args.ingest = [int(n) for n in args.ingest.split(",") if n.strip()]
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.role == "official":
+        official_worker(arguments)
+    else:
+        sys.exit(main(arguments))

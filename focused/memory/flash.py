@@ -1,0 +1,149 @@
+"""Chunked ("flash") attention with a hand-written VJP: the same numbers as `memory_attention`'s reference path,
+without keeping a `[batch, heads, queries, keys]` float32 score or weight tensor for the backward pass.
+
+Keys come as one or more key sets (e.g. [memory ; local window]) that share ONE softmax; they are never
+concatenated, and each set is read `chunk` keys at a time by dynamic slicing (no padded or transposed copy of a
+large memory per call). Forward: an online softmax keeps, per query, the running maximum m, the running sum l and
+the un-normalised output; at the end out = acc / l, and m and l are saved (not lse = m + log l: for a fully masked
+row m is the huge MASKED value, which would swallow log l). Backward: per key chunk the scores are recomputed,
+p = exp(s - m) / l, and with D = rowsum(dO * O):
+
+    dV_j = p^T dO      dP = dO V_j^T      dS = p * (dP - D)  (0 where masked)      dQ += dS K_j / sqrt(d)
+    dK_j = dS^T Q / sqrt(d)
+
+Residuals: q, the key sets, out, m and l (`[b, kvh, g, t]`), instead of O(t·n·heads) float32 weights.
+Masked scores use the reference's finite `MASKED` value, so a fully masked query row gets the same uniform
+weights as the reference softmax. When a set's length is not a multiple of `chunk`, its last chunk starts earlier
+(overlapping the previous one) and the overlap is excluded with -inf, so every key counts once.
+
+Layouts (grouped-query attention: `g = heads // kv_heads` query heads share a key/value head):
+    q `[b, t, kvh, g, d]`; per set k, v `[b, n, kvh, d]` (any dtype, cast per chunk), mask `[b, t or 1, n]` bool
+    (True = may attend; a leading 1 broadcasts over queries, e.g. a memory mask) → `[b, t, kvh, g, d]`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from focused.memory.core import MASKED
+
+F32 = jnp.float32
+KeySet = tuple[jax.Array, jax.Array, jax.Array]  # keys, values [b, n, kvh, d]; mask [b, t or 1, n]
+
+
+def _chunk_of(key_set: KeySet, j: jax.Array, chunk: int, dtype):
+    """Chunk j of a key set: k, v `[b, chunk, kvh, d]` (as dtype), mask `[b, t|1, chunk]`, start, and `fresh`
+    `[chunk]` (False for keys an earlier chunk already covered)."""
+    k, v, mask = key_set
+    n = k.shape[1]
+    start = jnp.minimum(j * chunk, n - chunk)
+    kj = jax.lax.dynamic_slice_in_dim(k, start, chunk, axis=1).astype(dtype)
+    vj = jax.lax.dynamic_slice_in_dim(v, start, chunk, axis=1).astype(dtype)
+    mj = jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2)
+    fresh = start + jnp.arange(chunk) >= j * chunk
+    return kj, vj, mj, start, fresh
+
+
+def _scores(q: jax.Array, k: jax.Array, mask: jax.Array, fresh: jax.Array, scale: float) -> jax.Array:
+    """q `[b, kvh, g, t, d]`, k `[b, c, kvh, d]` → masked scores `[b, kvh, g, t, c]` float32."""
+    s = jnp.einsum("bkgtd,bckd->bkgtc", q, k, preferred_element_type=F32) * scale
+    s = jnp.where(mask[:, None, None], s, MASKED)
+    return jnp.where(fresh, s, -jnp.inf)
+
+
+def _sizes(key_sets: tuple[KeySet, ...], chunk: int) -> list[tuple[int, int]]:
+    """(chunk size, number of chunks) per set: the chunk shrinks to the set's length when that is smaller."""
+    out = []
+    for k, _, _ in key_sets:
+        size = max(min(chunk, k.shape[1]), 1)
+        out.append((size, -(-k.shape[1] // size)))
+    return out
+
+
+def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int):
+    b, t, kvh, g, d = q.shape
+    scale = d**-0.5
+    qt = jnp.transpose(q, (0, 2, 3, 1, 4))  # [b, kvh, g, t, d]
+    carry = (
+        jnp.full((b, kvh, g, t), -jnp.inf, F32),
+        jnp.zeros((b, kvh, g, t), F32),
+        jnp.zeros((b, kvh, g, t, d), F32),
+    )
+    for key_set, (size, count) in zip(key_sets, _sizes(key_sets, chunk), strict=True):
+        if key_set[0].shape[1] == 0:
+            continue
+
+        def body(carry, j, key_set=key_set, size=size):
+            m, l, acc = carry
+            kj, vj, mj, _, fresh = _chunk_of(key_set, j, size, q.dtype)
+            s = _scores(qt, kj, mj, fresh, scale)
+            m_new = jnp.maximum(m, s.max(-1))
+            p = jnp.exp(s - m_new[..., None])
+            corr = jnp.exp(m - m_new)
+            pv = jnp.einsum("bkgtc,bckd->bkgtd", p.astype(vj.dtype), vj, preferred_element_type=F32)
+            return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
+
+        carry, _ = jax.lax.scan(body, carry, jnp.arange(count))
+    m, l, acc = carry
+    out = (acc / l[..., None]).astype(key_sets[-1][1].dtype)  # [b, kvh, g, t, d]
+    return jnp.transpose(out, (0, 3, 1, 2, 4)), (m, l)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def flash_attention_sets(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int = 512) -> jax.Array:
+    """Softmax attention `[b, t, kvh, g, d]` over several key sets sharing one softmax (see the module docstring).
+    The output dtype is that of the last set's values."""
+    return _forward(q, key_sets, chunk)[0]
+
+
+def _fwd(q, key_sets, chunk):
+    out, stats = _forward(q, key_sets, chunk)
+    return out, (q, key_sets, out, stats)
+
+
+def _bwd(chunk, residuals, d_out):
+    q, key_sets, out, (m, l) = residuals
+    b, t, kvh, g, d = q.shape
+    scale = d**-0.5
+    qt = jnp.transpose(q, (0, 2, 3, 1, 4))
+    do = jnp.transpose(d_out, (0, 2, 3, 1, 4)).astype(F32)  # [b, kvh, g, t, d]
+    delta = jnp.sum(do * jnp.transpose(out, (0, 2, 3, 1, 4)).astype(F32), -1)  # [b, kvh, g, t]
+    dq = jnp.zeros((b, kvh, g, t, d), F32)
+    set_grads = []
+    for key_set, (size, count) in zip(key_sets, _sizes(key_sets, chunk), strict=True):
+        k, v, _ = key_set
+        if k.shape[1] == 0:
+            set_grads.append((jnp.zeros_like(k), jnp.zeros_like(v), None))
+            continue
+
+        def body(carry, j, key_set=key_set, size=size):
+            dq, dk, dv = carry
+            kj, vj, mj, start, fresh = _chunk_of(key_set, j, size, q.dtype)
+            s = _scores(qt, kj, mj, fresh, scale)
+            p = jnp.exp(s - m[..., None]) / l[..., None]  # [b, kvh, g, t, c]
+            dv_j = jnp.einsum("bkgtc,bkgtd->bckd", p, do)
+            dp = jnp.einsum("bkgtd,bckd->bkgtc", do, vj)
+            ds = jnp.where(mj[:, None, None] & fresh, p * (dp - delta[..., None]), 0.0)
+            dq = dq + jnp.einsum("bkgtc,bckd->bkgtd", ds, kj) * scale
+            dk_j = jnp.einsum("bkgtc,bkgtd->bckd", ds, qt.astype(F32)) * scale
+            add = lambda full, part: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+                full, jax.lax.dynamic_slice_in_dim(full, start, size, axis=1) + part, start, axis=1
+            )
+            return (dq, add(dk, dk_j), add(dv, dv_j)), None
+
+        zeros = jnp.zeros(k.shape, F32)
+        (dq, dk, dv), _ = jax.lax.scan(body, (dq, zeros, zeros), jnp.arange(count))
+        set_grads.append((dk.astype(k.dtype), dv.astype(v.dtype), None))
+    dq = jnp.transpose(dq, (0, 3, 1, 2, 4))
+    return dq.astype(q.dtype), tuple(set_grads)
+
+
+flash_attention_sets.defvjp(_fwd, _bwd)
+
+
+def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int = 512) -> jax.Array:
+    """One key set: q `[b, t, kvh, g, d]`, k, v `[b, n, kvh, d]`, mask `[b, t, n]` → `[b, t, kvh, g, d]`."""
+    return flash_attention_sets(q, ((k, v, mask),), chunk)
