@@ -84,9 +84,12 @@ def save_model(model: LlamaForCausalLM, directory: str | Path, *, overwrite: boo
 
 
 def _restore_params(path: Path, config: LlamaConfig) -> dict[str, Any]:
-    """The params saved at `path` (`.../params`); a CheckpointError naming the step when they cannot be read."""
+    """The params saved at `path` (`.../params`); a CheckpointError naming the step when they cannot be read.
+
+    They are restored onto this process's first device, whatever mesh (or number of processes) wrote them."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_dict(abstract_model(config))
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params_dict(abstract_model(config))
     )
     try:
         with ocp.StandardCheckpointer() as ckptr:

@@ -61,6 +61,12 @@ def losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
 
 
+def jax_leaves(tree: object) -> list[np.ndarray]:
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
 def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -327,8 +333,19 @@ def test_a_checkpoint_of_two_processes_resumes_in_one_and_in_two(
     one_process_reference: dict[int, float], tmp_path: Path
 ) -> None:
     first = tmp_path / "two"
-    _ok(launch(2, 4, train_args(first, "--config.train.steps=2")))
+    _ok(launch(2, 4, train_args(first, "--config.train.steps=2", f"--config.export_dir={tmp_path / 'hf'}")))
     assert (first / "checkpoints" / "2" / "params").is_dir()
+    # this (1-device) process reads it too: load_model (eval, export) and the export written by the 2 processes
+    from flax import nnx
+
+    from focused.convert import import_hf
+    from focused.training.checkpoint import load_model
+
+    loaded = jax_leaves(nnx.state(load_model(first), nnx.Param))
+    exported = jax_leaves(nnx.state(import_hf(tmp_path / "hf"), nnx.Param))
+    assert len(loaded) == len(exported) == 21
+    for a, b in zip(loaded, exported, strict=True):
+        np.testing.assert_array_equal(a, b)
     next_loss = {}
     for processes, devices in ((1, 8), (2, 4)):
         workdir = tmp_path / f"resumed_{processes}"
