@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +27,13 @@ def test_the_1b_config_and_its_flop_count() -> None:
     assert flops == 6 * matmul * 8 * 2048 + 12 * 16 * 2048 * 2048 * 8 * 2048
 
 
-def test_gpu_sh_stops_with_one_line_without_a_gpu() -> None:
-    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
-        pytest.skip("this machine has an NVIDIA GPU: bench/gpu.sh would run the benchmark")
-    proc = subprocess.run(["bash", "bench/gpu.sh", "/tmp/unused"], cwd=ROOT, capture_output=True, text=True)
+def test_gpu_sh_stops_with_one_line_without_a_gpu(tmp_path: Path) -> None:
+    # an nvidia-smi that lists no GPU shadows any real one, so the refusal is tested on every machine
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "bench/gpu.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines() == [
         "error: no NVIDIA GPU here (nvidia-smi missing or lists none): run bench/gpu.sh on a GPU machine"

@@ -44,7 +44,7 @@ from focused.training.metrics import MetricsWriter, last_logged
 from focused.training.optimizer import TrainConfig, make_optimizer
 from focused.training.progress import Progress, summary
 from focused.training.run_dir import RunDirectory
-from focused.training.signals import StopSignals
+from focused.training.signals import StopSignals, interrupted, stop_agreed
 from focused.training.step import make_eval_step, make_train_step
 
 __all__ = ["TrainingError", "TrainingInterrupted", "build_data", "build_model", "make_train_step", "train"]
@@ -213,22 +213,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, float]:
     except BaseException as error:
         if watchdog is None:
             raise
-        _fail_job(watchdog, error)  # one line, then os._exit: peers cannot finish without this process
+        peers.fail_job(watchdog, error)  # one line, then os._exit: peers cannot finish without this process
     if watchdog is not None:
         watchdog.finish()
     return result
-
-
-def _fail_job(watchdog: peers.PeerWatchdog, error: BaseException) -> None:
-    """Ends this process of a multi-process job after `error`: one line naming the lost process when a collective
-    failed because a peer is gone, else the error itself prefixed with this process's index."""
-    me, count = jax.process_index(), jax.process_count()
-    if isinstance(error, TrainingError | ValueError | FileNotFoundError | FileExistsError | NotADirectoryError):
-        peers.fail(f"error: process {me} of {count}: " + " ".join(str(error).split()))
-    lost = watchdog.lost()
-    if lost:
-        peers.fail(peers.lost_message(me, count, lost, describe(error, 160)))
-    peers.fail(f"error: process {me} of {count}: {type(error).__name__}: {describe(error)}")
 
 
 def _tokenizer_file(packer: Any) -> Path | None:
@@ -321,7 +309,7 @@ def _train(
         writer = MetricsWriter(run.path) if run.primary else None  # process 0 writes the job's metrics
         with StopSignals() as stop:
             for step in range(start, cfg.steps):
-                if _stop_agreed(stop):
+                if stop_agreed(stop):
                     break
                 params, opt_state, metrics = step_for_range()(params, opt_state, feed(next(packer)))
                 window_tokens += tokens_per_step
@@ -353,7 +341,7 @@ def _train(
                     save(done)
             if stop.received and done < cfg.steps:
                 progress.close()
-                raise _interrupted(stop, done, start, save, ckpts)
+                raise interrupted(stop, done, start, save, ckpts)
             if start < cfg.steps:
                 save(cfg.steps)
             ckpts.finish()
@@ -421,40 +409,6 @@ def _resume(
     schedule.switched = state["extra"].get("range_switched", schedule.switched)
     print(f"resumed from {ckpts.path(start)}")
     return start, state["opt_state"]
-
-
-def _stop_agreed(stop: StopSignals) -> bool:
-    """Whether to stop before the next step. With several processes all of them must decide alike (one that
-    stops while another runs the next step would wait forever in a collective), so the flags are all-gathered
-    (one tiny collective per step); a process that got no signal itself stops as if it got SIGTERM."""
-    if jax.process_count() == 1:
-        return stop.received is not None
-    from jax.experimental import multihost_utils
-
-    flags = multihost_utils.process_allgather(np.int32(stop.received or 0))  # decide from these alone
-    if not np.any(flags):
-        return False
-    if stop.received is None:
-        stop.received = int(np.max(flags))
-    return True
-
-
-def _interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: TrainCheckpoints) -> TrainingInterrupted:
-    """Saves the current step (when a step ran) and builds the exception that ends the command."""
-    if done == start:
-        where = f"; checkpoint step {start} is in {ckpts.path(start)}" if ckpts.last_saved is not None else ""
-        return TrainingInterrupted(
-            f"interrupted by {stop.name} at step {start} before a step ran, nothing new to save{where}; rerun the "
-            "same command to resume",
-            stop.exit_code,
-        )
-    save(done)
-    ckpts.finish()
-    return TrainingInterrupted(
-        f"interrupted by {stop.name} at step {done}, checkpoint saved in {ckpts.path(done)}; rerun the same command "
-        "to resume",
-        stop.exit_code,
-    )
 
 
 def data_state(packer: Any) -> dict[str, Any]:

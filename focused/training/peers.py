@@ -27,6 +27,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
+from focused.training.errors import TrainingError, describe
+
 DEFAULT_TIMEOUT_S = 30.0
 EXIT_LOST = 2
 
@@ -192,3 +196,15 @@ def fail(message: str) -> None:
     if _active is not None:
         _active.stop()
     _die(message if message.startswith("error: ") else "error: " + message)
+
+
+def fail_job(watchdog: PeerWatchdog, error: BaseException) -> None:
+    """Ends this process of a multi-process job after `error`: one line naming the lost process when a collective
+    failed because a peer is gone, else the error itself prefixed with this process's index."""
+    me, count = jax.process_index(), jax.process_count()
+    if isinstance(error, TrainingError | ValueError | FileNotFoundError | FileExistsError | NotADirectoryError):
+        fail(f"error: process {me} of {count}: " + " ".join(str(error).split()))
+    lost = watchdog.lost()
+    if lost:
+        fail(lost_message(me, count, lost, describe(error, 160)))
+    fail(f"error: process {me} of {count}: {type(error).__name__}: {describe(error)}")

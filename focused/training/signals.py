@@ -19,6 +19,11 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
+import jax
+import numpy as np
+
+from focused.training.errors import TrainingInterrupted
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -56,3 +61,37 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def stop_agreed(stop: StopSignals) -> bool:
+    """Whether to stop before the next step. With several processes all of them must decide alike (one that
+    stops while another runs the next step would wait forever in a collective), so the flags are all-gathered
+    (one tiny collective per step); a process that got no signal itself stops as if it got SIGTERM."""
+    if jax.process_count() == 1:
+        return stop.received is not None
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(stop.received or 0))  # decide from these alone
+    if not np.any(flags):
+        return False
+    if stop.received is None:
+        stop.received = int(np.max(flags))
+    return True
+
+
+def interrupted(stop: StopSignals, done: int, start: int, save: Any, ckpts: Any) -> TrainingInterrupted:
+    """Saves the current step (when a step ran) and builds the exception that ends the command."""
+    if done == start:
+        where = f"; checkpoint step {start} is in {ckpts.path(start)}" if ckpts.last_saved is not None else ""
+        return TrainingInterrupted(
+            f"interrupted by {stop.name} at step {start} before a step ran, nothing new to save{where}; rerun the "
+            "same command to resume",
+            stop.exit_code,
+        )
+    save(done)
+    ckpts.finish()
+    return TrainingInterrupted(
+        f"interrupted by {stop.name} at step {done}, checkpoint saved in {ckpts.path(done)}; rerun the same command "
+        "to resume",
+        stop.exit_code,
+    )
