@@ -20,7 +20,8 @@ Reported per task: the median seconds of each side and official / focused (> 1: 
 process's peak RSS. The first round of every task is a warm-up (JAX compiles there) and is not reported.
 
 Contention flatters JAX (PyTorch's OpenMP threads slow down 5-10x under load), so the script refuses to start when
-the 1-minute load average is above --max-load (1.5), and marks the results invalid if it rose above it by the end.
+the 1-minute load average is above --max-load (1.5), and marks the results invalid when other processes used more
+than --max-foreign (10%) of the machine's CPU time during the timed rounds (bench/quiet.py).
 `--ignore-load` runs anyway (to check the script), printing INVALID on every line.
 
     mkdir -p /tmp/longllama_src && cd /tmp/longllama_src && for f in configuration_longllama.py \\
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quiet import ForeignCpu, refuse_if_busy
 
 # issue 9's shapes; head counts and MLP widths are not in the issue: 4 heads (small), LLaMA's ~2.7x MLP (mid)
 MODELS = {
@@ -218,13 +219,10 @@ def focused_tasks(model, prompt: np.ndarray, task: tuple) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    load = os.getloadavg()[0]
-    if load > args.max_load and not args.ignore_load:
-        print(
-            f"refusing to run: 1-minute load average {load:.2f} > {args.max_load} (contention flatters JAX). "
-            "Wait for a quiet machine, or pass --ignore-load to check the script (results are then INVALID).",
-            file=sys.stderr,
-        )
+    try:
+        load = refuse_if_busy(args.max_load, args.ignore_load)
+    except SystemExit as refusal:
+        print(refusal, file=sys.stderr)
         return 3
     import jax
 
@@ -246,6 +244,7 @@ def main(args: argparse.Namespace) -> int:
             np.save(path, rng.integers(3, model.config.vocab_size, size=(1, task[1])).astype(np.int32))
             prompts[task] = path
         official = Official(args, hf_dir)
+        foreign = ForeignCpu(workers=(official.proc.pid,)).start()
         times = {task: {"official": [], "focused": {}} for task in tasks}
         checks = {}
         for round_ in range(args.repeats + 1):  # round 0: warm-up (compiles), not reported
@@ -271,6 +270,7 @@ def main(args: argparse.Namespace) -> int:
                             for variant, seconds in got.items():
                                 times[task]["focused"].setdefault(variant, []).append(seconds)
             print(f"[{name}] round {round_} done{' (warm-up)' if round_ == 0 else ''}", flush=True)
+        foreign.stop()
         official.close()
         rows = {}
         for task, sides in times.items():
@@ -295,6 +295,7 @@ def main(args: argparse.Namespace) -> int:
                 "focused": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             },
             "official_threads": official.hello.get("threads"),
+            "foreign_cpu_fraction": foreign.fraction,
         }
         print(f"\n== {name}: official / focused (> 1: focused faster), medians of {args.repeats} rounds{invalid}")
         for label, row in rows.items():
@@ -303,10 +304,12 @@ def main(args: argparse.Namespace) -> int:
                 f"ratio {row['official_over_focused']:5.2f}{invalid}"
             )
         print(f"  greedy tokens identical: {same}; peak RSS (GiB): {report['models'][name]['peak_rss_gib']}")
-    report["load_after"] = os.getloadavg()[0]
-    report["valid"] = load <= args.max_load and report["load_after"] <= args.max_load
+    fractions = [m["foreign_cpu_fraction"] for m in report["models"].values()]
+    busiest = max((f for f in fractions if f is not None), default=0.0)
+    report["valid"] = load <= args.max_load and busiest <= args.max_foreign
+    print(f"\nother processes used {busiest:.1%} of the CPU during the timed rounds (limit {args.max_foreign:.0%})")
     if not report["valid"]:
-        print(f"\nINVALID: load average {load:.2f} before, {report['load_after']:.2f} after (limit {args.max_load})")
+        print(f"INVALID: load average {load:.2f} before (limit {args.max_load}), other processes {busiest:.1%}")
     report["versions"] = {"jax": jax.__version__}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -323,6 +326,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--max-load", type=float, default=1.5, help="refuse above this 1-minute load average")
+    parser.add_argument(
+        "--max-foreign", type=float, default=0.1, help="invalid if other processes used more of the CPU than this"
+    )
     parser.add_argument("--ignore-load", action="store_true", help="run anyway; every result is marked INVALID")
     parser.add_argument("--official-torch-attention", action="store_true", help="official config.torch_attention")
     parser.add_argument("--std", type=float, default=0.05)

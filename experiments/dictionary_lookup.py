@@ -13,7 +13,11 @@ writes the table (results.md), the numbers (results.json) and the plot (plot.png
 
 Training resumes where a previous invocation stopped (each run directory keeps its checkpoints), so a long run can
 be interrupted and restarted with the same command; `--skip-train` evaluates whatever the run directories hold.
-Extra `--config.X=Y` arguments are applied to every training config (e.g. `--config.train.steps=2000`).
+Extra `--config.X=Y` arguments are applied to every training config, curriculum stages included (e.g. a model
+size); `--final.X=Y` only to each model's own last stage (e.g. `--final.train.steps=8000`). `--only` picks models,
+`--tag` names a variant (its run, stage and model folders get the suffix; `--stages-tag` starts it from another
+variant's stages), `--stages-only` / `--no-eval` stop early: experiments/dictionary_gpu.sh runs the parts in
+parallel on one GPU this way.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ STAGES = (
     ("keys3", {"key_len": 3, "key_letters": 16, "page_len": 32}, 300, 64),
     ("letters64", {"key_len": 3, "key_letters": 64, "page_len": 64}, 300, 32),
 )
+# The d = 1 ablation differs from FoT only in its last stage (the curriculum stages all run at r = 1), so it starts
+# from FoT's stages, trained once: both models leave the curriculum with the same weights.
+STAGE_OWNER = {"dict_lookup_d1": "dict_lookup_fot"}
 SMOKE_TRAIN = (
     "--config.model.hidden_size=32",
     "--config.model.intermediate_size=64",
@@ -64,10 +71,20 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--trials", type=int, default=0, help="documents per size (default: the eval config's)")
     parser.add_argument("--skip-train", action="store_true", help="evaluate the run directories as they are")
     parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
+    parser.add_argument("--only", default="", help="comma-separated models to train, export and evaluate")
+    parser.add_argument("--stages-only", action="store_true", help="train the curriculum stages, nothing else")
+    parser.add_argument("--no-eval", action="store_true", help="train and export only")
+    parser.add_argument("--tag", default="", help="suffix of a variant's run, stage and model folders")
+    parser.add_argument("--stages-tag", default=None, help="tag of the curriculum stages to start from (--tag)")
     known, extra = parser.parse_known_args(argv)
-    bad = [a for a in extra if not a.startswith("--config.")]
+    bad = [a for a in extra if not a.startswith(("--config.", "--final."))]
     if bad:
         parser.error(f"unexpected argument(s) {bad}")
+    unknown = [m for m in known.only.split(",") if m and m not in MODELS]
+    if unknown:
+        parser.error(f"--only: unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    if known.stages_tag is None:
+        known.stages_tag = known.tag
     return known, extra
 
 
@@ -88,7 +105,7 @@ def stage_overrides(name: str, task: dict, steps: int, documents: int) -> list[s
     return out
 
 
-def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> Path:
+def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> Path | None:
     """Trains (or resumes) configs/<name>.py through the curriculum into <runs>/<name>, exports <models>/<name>."""
     from focused.config import load_config
     from focused.convert.export import export_hf
@@ -96,21 +113,27 @@ def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> P
     from focused.training.checkpoint import load_model
     from focused.training.loop import train
 
-    run_dir = Path(args.runs) / name
+    run_dir = Path(args.runs) / f"{name}{args.tag}"
     config_file = str(ROOT / "configs" / f"{name}.py")
-    common = [*(SMOKE_TRAIN if args.smoke else ()), *extra]
+    # --config.X=Y: every stage; --final.X=Y: the model's own (last) stage only
+    common = [*(SMOKE_TRAIN if args.smoke else ()), *(a for a in extra if a.startswith("--config."))]
+    final = [a.replace("--final.", "--config.", 1) for a in extra if a.startswith("--final.")]
     stages = (STAGES[:1] if name == MODELS[0] else ()) if args.smoke else STAGES  # smoke: one stage, one model
     previous = ""
     for i, (stage, task, steps, documents) in enumerate(stages):
-        stage_dir = Path(args.runs) / f"{name}.stages" / f"{i + 1}_{stage}"
-        overrides = [*common, *stage_overrides(name, task, *((4, 4) if args.smoke else (steps, documents)))]
+        stage_dir = Path(args.runs) / f"{STAGE_OWNER.get(name, name)}{args.stages_tag}.stages" / f"{i + 1}_{stage}"
+        steps, documents = (4, 4) if args.smoke else (steps, documents)
+        overrides = [*common, *stage_overrides(name, task, steps, documents)]
         overrides += [f"--config.workdir={stage_dir}", f"--config.init_from={previous}"]
-        if not args.skip_train:
+        # a finished stage is only read (so several variants can start from it at once)
+        if not args.skip_train and not (stage_dir / "checkpoints" / str(steps)).is_dir():
             start = time.perf_counter()
             train(load_config(["train.py", "--config", config_file, *overrides]))
             print(f"{name} stage {stage}: trained in {time.perf_counter() - start:.0f} s ({stage_dir})", flush=True)
         previous = str(stage_dir)
-    overrides = [*common, f"--config.workdir={run_dir}", f"--config.init_from={previous}"]
+    if args.stages_only:
+        return None
+    overrides = [*common, *final, f"--config.workdir={run_dir}", f"--config.init_from={previous}"]
     config = load_config(["train.py", "--config", config_file, *overrides])
     if not args.skip_train:
         start = time.perf_counter()
@@ -119,7 +142,7 @@ def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> P
     if load_task(run_dir) is None:
         raise SystemExit(f"error: {run_dir} carries no {TASK_FILE}: it was not trained on the dictionary task")
     model = load_model(run_dir)
-    out = Path(args.models) / name
+    out = Path(args.models) / f"{name}{args.tag}"
     return export_hf(model, model.config, out, overwrite=args.overwrite, extra_files=[run_dir / TASK_FILE])
 
 
@@ -148,11 +171,22 @@ def evaluate(folders: list[Path], args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     start = time.perf_counter()
-    folders = [train_and_export(name, args, extra) for name in MODELS]
-    evaluate(folders, args)
+    names = [m for m in args.only.split(",") if m] or list(MODELS)
+    folders = [train_and_export(name, args, extra) for name in names]
+    if not (args.stages_only or args.no_eval):
+        evaluate([f for f in folders if f is not None], args)
     print(f"dictionary lookup experiment done in {time.perf_counter() - start:.0f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from focused.training.errors import TrainingError, TrainingInterrupted
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: a checkpoint was saved; rerunning resumes
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
