@@ -58,6 +58,8 @@ class DictionaryEvalConfig:
 
     sizes: memory sizes N (tokens of definitions before the queries; multiples of the task's page_len).
     trials: documents per size.   seed: documents are a function of (seed, N, trial); keep it apart from training.
+    trial_tokens: caps the documents of a size at max(1, trial_tokens // N) (0 = no cap), so that the largest
+      memories (16M tokens: ~2-3 minutes a document on 2 CPU cores) run fewer documents than the small ones.
     device_up_to: with the faiss backend, sizes up to this run on the device as exact top-k (same neighbours).
     window: tokens per window (0 = the model's max_position_embeddings).
     max_batch_tokens: documents of one size are batched while rows * (N + queries) stays within this.
@@ -68,6 +70,7 @@ class DictionaryEvalConfig:
 
     sizes: tuple[int, ...] = DEFAULT_SIZES
     trials: int = 8
+    trial_tokens: int = 1 << 25
     seed: int = 1000
     device_up_to: int = 65536
     window: int = 0
@@ -111,6 +114,7 @@ def evaluate_dictionary_from_config(
         MemoryConfig.from_dict(memory),
         seed=cfg.seed,
         trials=cfg.trials,
+        trial_tokens=cfg.trial_tokens,
         task=task,
         device_up_to=cfg.device_up_to,
         window=cfg.window,
@@ -127,6 +131,7 @@ def evaluate_dictionary(
     seed: int = 1000,
     trials: int = 8,
     *,
+    trial_tokens: int = 0,
     task: DictionaryTaskConfig | None = None,
     device_up_to: int = 65536,
     window: int = 0,
@@ -141,6 +146,7 @@ def evaluate_dictionary(
       sizes: memory sizes N, tokens of definitions (multiples of `task.page_len`) before the query pages.
       memory_cfg: the memory backend (default: FAISS flat, k = 32, the paper's inference setting).
       seed, trials: documents per size; document t of size N is drawn from `(seed, EVAL_STREAM, N, t)`.
+      trial_tokens: at most max(1, trial_tokens // N) documents of size N (0 = always `trials`).
       task: the task layout (default: `DictionaryTaskConfig()`).
       device_up_to: the faiss backend runs sizes up to this many tokens as exact top-k on the device.
       window: tokens per window, 0 = `model.config.max_position_embeddings` (a multiple of `task.page_len`).
@@ -160,6 +166,8 @@ def evaluate_dictionary(
         raise ValueError(f"window {window} is not a multiple of the task's page_len {task.page_len}")
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"config.dictionary.trials must be a positive int, got {trials!r}")
+    if not isinstance(trial_tokens, int) or trial_tokens < 0:
+        raise ValueError(f"config.dictionary.trial_tokens must be a non-negative int, got {trial_tokens!r}")
     if not sizes:
         raise ValueError("config.dictionary.sizes is empty: give at least one memory size")
     for size in sizes:
@@ -178,11 +186,12 @@ def evaluate_dictionary(
         size = int(size)
         backend = _backend(model, memory_cfg, size, device_up_to)
         doc_tokens = size + task.query_pages * task.page_len
-        rows = max(1, min(trials, max_batch_tokens // doc_tokens))
+        docs_here = min(trials, max(1, trial_tokens // size)) if trial_tokens else trials
+        rows = max(1, min(docs_here, max_batch_tokens // doc_tokens))
         start = time.perf_counter()
         flags = []
-        for first in range(0, trials, rows):
-            chunk = range(first, min(first + rows, trials))
+        for first in range(0, docs_here, rows):
+            chunk = range(first, min(first + rows, docs_here))
             rngs = [np.random.default_rng([seed, EVAL_STREAM, size, t]) for t in chunk]
             docs = [make_document(task, size // task.page_len, rng) for rng in rngs]
             predictions, targets = score_documents(
@@ -195,7 +204,7 @@ def evaluate_dictionary(
             {
                 "memory_tokens": size,
                 "definitions": size // task.page_len * task.items_per_page,
-                "trials": trials,
+                "trials": docs_here,
                 "queries": len(hits),
                 "accuracy": float(hits.mean()),
                 "token_accuracy": float(token_hits.mean()),
@@ -216,6 +225,7 @@ def evaluate_dictionary(
         "device_up_to": device_up_to,
         "seed": seed,
         "trials": trials,
+        "trial_tokens": trial_tokens,
         "results": results,
     }
 
@@ -334,7 +344,8 @@ def score_documents(
         bar = tqdm(total=first_scored, desc=f"filling {docs[0].defs_len}", disable=not progress, unit="win")
         for start in range(0, first_scored, per_call):
             ws = range(start, min(start + per_call, first_scored))
-            ids = np.stack([np.stack([doc.tokens(positions(w)) for w in ws]) for doc in docs])  # [batch, n, W]
+            pos = np.concatenate([positions(w) for w in ws])
+            ids = np.stack([doc.tokens(pos).reshape(len(ws), window) for doc in docs])  # [batch, n, W]
             keys, values = _fill_kv(graphdef, params, jnp.asarray(ids))
             valid = np.ones((batch, len(ws) * window), bool)
             if store is not None:

@@ -100,6 +100,18 @@ def test_baseline_without_memory_layers_sees_only_its_window():
     assert 0.0 <= row["accuracy"] <= 1.0
 
 
+def test_trial_tokens_caps_the_documents_of_large_sizes_and_keeps_the_first_ones():
+    model = tiny_model(mem_layers=(1,))
+    dense = MemoryConfig(backend="dense")
+    capped = evaluate_dictionary(model, [256, 1024], dense, trials=4, task=TASK, trial_tokens=2048)
+    assert [r["trials"] for r in capped["results"]] == [4, 2]  # 2048 // 1024 documents of 1024 tokens
+    assert [r["queries"] for r in capped["results"]] == [4 * 8, 2 * 8]
+    full = evaluate_dictionary(model, [1024], dense, trials=2, task=TASK)
+    assert capped["results"][1]["accuracy"] == full["results"][0]["accuracy"]  # the same two documents
+    with pytest.raises(ValueError, match="trial_tokens must be a non-negative int"):
+        evaluate_dictionary(model, [1024], trials=1, task=TASK, trial_tokens=-1)
+
+
 def test_eval_config_file_drives_the_eval():
     config = runpy.run_path(os.path.join("configs", "eval_dictionary.py"))["get_config"]()
     assert DictionaryEvalConfig.from_dict(config.dictionary).sizes[-1] == 2**24
