@@ -139,7 +139,7 @@ def _is_checkpoint_file(name: str) -> bool:
 def _differences(new: Path, old: Path) -> list[str]:
     """Checkpoint files that differ between two folders (missing on either side or with other bytes)."""
     new_files = {p.name for p in iter_files(new)}
-    old_files = {p.name for p in iter_files(old) if _is_checkpoint_file(p.name)}
+    old_files = {p.name for p in iter_files(old) if _is_checkpoint_file(p.name) or p.name in new_files}
     differ = sorted(new_files ^ old_files)
     differ += [n for n in sorted(new_files & old_files) if not filecmp.cmp(new / n, old / n, shallow=False)]
     return differ

@@ -118,6 +118,14 @@ def test_identical_reexport_is_a_no_op(tmp_path, model):
     export_hf(model, model.config, tmp_path / "hf")
     assert {p.name: os.stat(p).st_mtime_ns for p in (tmp_path / "hf").iterdir()} == before
     assert_no_leftovers(tmp_path, "hf")
+    # with an extra file (a dictionary task layout) too: the same file again is no difference, another one is
+    task = tmp_path / "dictionary_task.json"
+    task.write_text('{"key_len": 3}')
+    export_hf(model, model.config, tmp_path / "extra", extra_files=[task])
+    export_hf(model, model.config, tmp_path / "extra", extra_files=[task])
+    task.write_text('{"key_len": 2}')
+    with pytest.raises(FileExistsError, match="dictionary_task.json differ"):
+        export_hf(model, model.config, tmp_path / "extra", extra_files=[task])
 
 
 def test_different_checkpoint_is_refused_unless_overwrite(tmp_path, model):
