@@ -13,7 +13,7 @@ neighbours as a flat index). Above it the flat index keeps every key in RAM (16M
 float32 = 4 GiB for configs/dict_lookup_fot.py); the key/value copies it returns are float16 memmap files under
 `index.values_path`, outside the process's anonymous memory. `index.index_type=ivf_fp16` halves the index
 (approximate search). Evaluation documents are drawn from `dictionary.seed`, a stream no training run reads.
-`dictionary.trial_tokens` (32M) caps the documents of a size at trial_tokens // N: 2 at 16M (each takes minutes).
+`dictionary.trial_tokens` (16M) caps the documents of a size at trial_tokens // N: 1 at 16M (minutes each).
 """
 
 import dataclasses
