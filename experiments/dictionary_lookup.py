@@ -168,10 +168,29 @@ def evaluate(folders: list[Path], args: argparse.Namespace) -> None:
     print(f"results: {args.out}/results.md, {args.out}/plot.png ({len(results.series)} models)")
 
 
+def refuse_to_replace(names: list[str], args: argparse.Namespace) -> None:
+    """Before any training: a model that is not trained yet must not be exported over a shipped model (or its
+    results written over shipped results) hours later; say so now, in one line."""
+    if args.overwrite or args.skip_train:
+        return
+    fresh = [n for n in names if not (Path(args.runs) / f"{n}{args.tag}").exists()]
+    taken = [
+        str(Path(args.models) / f"{n}{args.tag}") for n in fresh if (Path(args.models) / f"{n}{args.tag}").exists()
+    ]
+    if fresh and not (args.stages_only or args.no_eval) and (Path(args.out) / "results.json").exists():
+        taken.append(str(Path(args.out) / "results.json"))
+    if taken:
+        raise SystemExit(
+            f"error: {', '.join(taken)} already exist (the shipped models and results): train into other folders "
+            "with --models DIR --out DIR, or pass --overwrite to replace them"
+        )
+
+
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     start = time.perf_counter()
     names = [m for m in args.only.split(",") if m] or list(MODELS)
+    refuse_to_replace(names, args)
     folders = [train_and_export(name, args, extra) for name in names]
     if not (args.stages_only or args.no_eval):
         evaluate([f for f in folders if f is not None], args)

@@ -5,6 +5,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 from focused.data.synthetic import load_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,3 +32,17 @@ def test_the_whole_pipeline_runs_at_smoke_size(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "plot.png").stat().st_size > 0
     # a second invocation evaluates the finished runs again and replaces the results when asked to
     assert script["main"](["--smoke", "--skip-train", "--overwrite", *folders]) == 0
+
+
+def test_a_fresh_run_refuses_at_once_to_replace_shipped_models_and_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    script = runpy.run_path(str(ROOT / "experiments" / "dictionary_lookup.py"))
+    (tmp_path / "models" / "dict_lookup_fot").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.json").write_text("{}")
+    folders = ["--runs", str(tmp_path / "runs"), "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="already exist .*--overwrite") as stop:
+        script["main"](["--smoke", *folders])
+    assert "dict_lookup_fot" in str(stop.value) and "results.json" in str(stop.value) and "\n" not in str(stop.value)
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written
+    assert (tmp_path / "out" / "results.json").read_text() == "{}"
