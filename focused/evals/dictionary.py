@@ -383,8 +383,6 @@ def score_documents(
             for row in range(batch):
                 found[row].append(preds[row, scored[row]])
                 truth[row].append(targets[row, scored[row]])
-    if store is not None:
-        store.close()  # the jitted step's cache holds the retrievers (static), hence the store: free its memory
     value_len = docs[0].task.value_len
     predictions = [np.concatenate(r).reshape(-1, value_len) for r in found]
     return predictions, [np.concatenate(r).reshape(-1, value_len) for r in truth]

@@ -332,14 +332,6 @@ class KnnMemoryStore:
         out_values[~mask] = 0
         return out_keys, out_values, mask, ids
 
-    def close(self) -> None:
-        """Frees the indexes and the payload now. A jitted step that took this store as a static argument keeps
-        a reference to it in its compile cache, so without this every store an eval made would stay in RAM."""
-        with self._lock:
-            self._indexes = []
-            self.keys = self.values = np.zeros((0,), self.keys.dtype)
-            self.mask = np.zeros((self.batch, 0), bool)
-
     def recall_at_k(self, queries: np.ndarray, k: int) -> float:
         """Fraction of the exact top-k (brute force over the payload keys) that `search` also returns.
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import NamedTuple
 
 import jax
@@ -98,9 +99,10 @@ def search_in_jit(store: KnnMemoryStore, queries: jax.Array, k: int, layer: int 
       entries); neighbours are sorted by decreasing inner product.
     """
     shapes = search_result_shapes(store, tuple(queries.shape), k, layer)
+    ref = weakref.ref(store)  # the compiled step keeps this callback: it must not keep the store (GBs) alive
 
     def host_search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keys, values, mask, _ = store.search(np.asarray(q, np.float32), k, layer)
+        keys, values, mask, _ = _alive(ref).search(np.asarray(q, np.float32), k, layer)
         return keys, values, mask
 
     found = jax.pure_callback(host_search, shapes, jax.lax.stop_gradient(queries), vmap_method="sequential")
@@ -119,17 +121,35 @@ def add_window(store: KnnMemoryStore, keys: jax.Array, values: jax.Array, valid:
     store.add(np.asarray(keys, np.float32), np.asarray(values), np.asarray(valid).astype(bool))
 
 
+def _alive(ref: weakref.ref) -> KnnMemoryStore:
+    store = ref()
+    if store is None:
+        raise RuntimeError("the kNN memory store of this retriever was garbage-collected: keep a reference to it")
+    return store
+
+
 @jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class KnnRetriever:
     """The memory of one memory layer as a FAISS store searched from inside the jitted forward pass.
 
     Static under jit (hashed by identity): the store's contents change between calls, not the traced program.
+    A jitted function's compile cache keeps its static arguments, so the retriever holds its store weakly: a store
+    nobody else references is freed (its indexes and payload can be gigabytes) although compiled steps remain.
     """
 
-    store: KnnMemoryStore
     layer: int  # index among the model's memory layers (0 = config.mem_layers[0])
     k: int
+    _store: weakref.ref = dataclasses.field(repr=False)
+
+    def __init__(self, store: KnnMemoryStore, layer: int, k: int) -> None:
+        object.__setattr__(self, "_store", weakref.ref(store))
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "k", k)
+
+    @property
+    def store(self) -> KnnMemoryStore:
+        return _alive(self._store)
 
     def retrieve(self, queries: jax.Array) -> RetrievedMemory:
         """queries `[batch, seq, heads, head_dim]` → top-k keys/values/mask `[batch, seq, heads, k, ...]`."""

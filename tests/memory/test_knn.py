@@ -119,3 +119,30 @@ def test_bad_queries_and_adds_inside_jit_raise():
     with pytest.raises(ValueError, match="inside a traced function"):
         jax.jit(lambda k, v, m: add_window(store, k, v, m))(*window)
     assert store.written == 0 and store.search_calls == 0
+
+
+def test_compiled_steps_do_not_keep_a_dropped_store_alive():
+    """A jitted step compiled with a retriever (a static argument, kept in the compile cache) holds its store only
+    weakly: once nobody else references the store, its indexes and payload are freed."""
+    import gc
+    import weakref
+
+    from focused.memory.knn import KnnRetriever
+
+    @jax.jit
+    def step(q, retriever):
+        return retriever.retrieve(q).keys.sum()
+
+    rng = np.random.default_rng(5)
+    store = KnnMemoryStore(1, BATCH, KV_HEADS, DIM, KnnIndexConfig(capacity=64))
+    keys, values, valid = random_window(rng, 16)
+    store.add(keys[:1], values[:1], valid)
+    retriever = KnnRetriever(store, 0, K)
+    q = random_queries(rng)[0]
+    assert np.isfinite(float(step(q, retriever)))
+    alive = weakref.ref(store)
+    del store
+    gc.collect()
+    assert alive() is None  # the compile cache still holds `retriever`, but not the store
+    with pytest.raises(RuntimeError, match="garbage-collected"):
+        retriever.retrieve(q)
