@@ -4,7 +4,7 @@
 # GPU (exact top-k on the device, eval seed 2000: not the reported seed 1000) to pick a variant. The reported
 # accuracy-vs-memory table (up to 16M tokens, FAISS flat, k = 32) is made afterwards on CPU:
 #
-#   bash experiments/dictionary_gpu.sh [OUT_DIR]      # ~8 minutes on one H200; everything lands in OUT_DIR (out/gpu)
+#   bash experiments/dictionary_gpu.sh [OUT_DIR]      # sized for ~8 min on one H200 (never run on a GPU yet); OUT_DIR: out/gpu
 #   python experiments/dictionary_lookup.py --skip-train --sizes ...   # the reported eval (see README "Results")
 #
 # Processes (each one `python experiments/dictionary_lookup.py ...`, logs in OUT_DIR/logs/):
