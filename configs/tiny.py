@@ -10,6 +10,7 @@ import ml_collections
 
 from focused.config import section
 from focused.data import DataSourceConfig
+from focused.data.passkey import PasskeyMixConfig
 from focused.model.config import LlamaConfig
 from focused.training.fot import FotConfig
 from focused.training.optimizer import TrainConfig
@@ -48,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.batch_size = 8
     config.data.k = 1
     config.data.seed = 0
+    config.data.passkey = section(PasskeyMixConfig())  # documents > 0: passkey prompts mixed into the text
     config.data.lane_streams = False  # True: each lane reads its own documents (a process packs only its rows)
     config.train = section(TrainConfig(steps=300, learning_rate=2e-3, warmup_steps=30, save_every=100))
     config.fot = section(FotConfig(cross_batch_range=0))

@@ -86,9 +86,9 @@ def _window_kv(
     graphdef: nnx.GraphDef, params: nnx.State, reader: MemoryReader, input_ids: jax.Array, valid: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """One prefix window attending to memory → its raw keys/values `[mem_layers, batch, seq, kv_heads, head_dim]`
-    (the lm_head is skipped: a prefix window's logits are never used)."""
+    (only up to the last memory layer's keys/values: a prefix window's hidden states and logits are never used)."""
     model = nnx.merge(graphdef, params)
-    window_kv = model.model(input_ids, valid, None, reader.blocks())[1]
+    window_kv = model.model.memory_kv(input_ids, valid, reader.blocks())
     if not window_kv:
         empty = jnp.zeros((0, *input_ids.shape, model.config.kv_heads, model.config.head_size))
         return empty, empty

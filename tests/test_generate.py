@@ -161,3 +161,26 @@ def test_device_decode_loop_with_faiss_memory_equals_stepwise():
     want = stepwise(model, ids, 30, memory_cfg=memory_cfg)
     got = generate(model, ids, 30, memory_cfg=memory_cfg, progress=False)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mem_layers", [(1,), (0, 2)])
+def test_memory_kv_equals_the_full_forward(mem_layers):
+    """What ingest runs for a prefix window (layers up to the last memory layer's keys/values, that layer's memory
+    read skipped) equals the keys/values of the full forward, with a padded window over a non-empty memory."""
+    from focused.memory.dense import append_window, init_memory, memory_blocks
+
+    config = tiny_config(max_position_embeddings=16, mem_layers=mem_layers, num_hidden_layers=4)
+    model = build(config, seed=41)
+    rng = np.random.default_rng(42)
+    state = init_memory(config, 2, 32)
+    for _ in range(2):
+        ids = jnp.asarray(rng.integers(0, config.vocab_size, size=(2, 16)))
+        state = append_window(state, model.model(ids, None, None, memory_blocks(state))[1], jnp.ones((2, 16), bool))
+    ids = jnp.asarray(rng.integers(0, config.vocab_size, size=(2, 16)))
+    valid = jnp.asarray(np.arange(16)[None, :] >= np.array([[0], [5]]))
+    full = model.model(ids, valid, None, memory_blocks(state))[1]
+    short = model.model.memory_kv(ids, valid, memory_blocks(state))
+    assert len(short) == len(full) == len(mem_layers)
+    for a, b in zip(short, full, strict=True):
+        np.testing.assert_allclose(np.asarray(a.keys), np.asarray(b.keys), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(np.asarray(a.values), np.asarray(b.values), atol=1e-6, rtol=0)

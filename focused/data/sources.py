@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import glob
+import gzip
+import json
 import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +22,9 @@ from focused.config import checked_fields
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_SOURCES = ("focused:moby_dick", "focused:sotu", "focused:demo")
+DEMO_SPLITS = ("train", "test", "all")
+HELDOUT_CHAPTER = "CHAPTER 116."  # Moby Dick from this chapter on is the held-out (test) part
+HELDOUT_FIRST_YEAR = 1845  # State of the Union addresses of this year and later are held out
 GRANULARITIES = ("document", "line")
 # File extension → HF packaged builder; a trailing compression suffix is looked through.
 BUILDER_BY_EXTENSION = {
@@ -239,28 +244,64 @@ def _resolve(config: DataSourceConfig) -> tuple[str, list[str]]:
 
 
 def _load_demo(config: DataSourceConfig) -> Documents | StreamingDocuments:
-    """The shipped public-domain demo sets (see ``focused/data/assets/README.md``)."""
+    """The shipped public-domain demo sets (see ``focused/data/assets/README.md``), split into ``train`` and a
+    held-out ``test`` split (``all`` = both):
+
+    - Moby Dick: ``train`` is the book up to ``CHAPTER 116.``; ``test`` is the rest (chapters 116-135 and the
+      epilogue, ~47K tokens of the shipped tokenizer), one document each.
+    - State of the Union: ``train`` holds the addresses before 1845, ``test`` those of 1845-1849 (5 long ones).
+
+    ``focused:demo`` is Moby Dick's part followed by the addresses. Evaluations read ``test``; training never does.
+    """
     import datasets
 
     if config.path not in DEMO_SOURCES:
         raise ValueError(f"unknown shipped data set {config.path!r}; available: {list(DEMO_SOURCES)}")
     if config.text_field != "text":
         raise ValueError(f"the shipped data sets have only the field 'text', not {config.text_field!r}")
-    moby_file = str(ASSETS_DIR / "moby_dick.txt.gz")
-    sotu_file = str(ASSETS_DIR / "sotu.jsonl.gz")
-    for file in (moby_file, sotu_file):
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"shipped asset {file} is missing: rebuild with focused.data.build_assets")
-    common = {"split": config.split, "streaming": config.streaming}
-    sample_by = "document" if config.text_granularity == "document" else "line"
-    parts = []
+    if config.split not in DEMO_SPLITS:
+        raise ValueError(
+            f"the shipped data set {config.path!r} has the splits {list(DEMO_SPLITS)}, not {config.split!r} "
+            "(test is held out from train)"
+        )
+    texts: list[str] = []
     if config.path in ("focused:moby_dick", "focused:demo"):
-        parts.append(datasets.load_dataset("text", data_files=[moby_file], sample_by=sample_by, **common))
+        parts = demo_book_parts()
+        book = parts[0] + parts[1] if config.split == "all" else parts[config.split == "test"]
+        texts += book.splitlines() if config.text_granularity == "line" else [book]
     if config.path in ("focused:sotu", "focused:demo"):
-        sotu = datasets.load_dataset("json", data_files=[sotu_file], **common)
-        parts.append(sotu.select_columns(["text"]))
-    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        texts += [
+            address["text"]
+            for address in demo_addresses()
+            if config.split == "all" or (address["year"] >= HELDOUT_FIRST_YEAR) == (config.split == "test")
+        ]
+    dataset = datasets.Dataset.from_dict({"text": texts})
+    if config.streaming:
+        dataset = dataset.to_iterable_dataset()
     return wrap_dataset(dataset, config.text_field, config.path)
+
+
+def _asset(name: str) -> Path:
+    file = ASSETS_DIR / name
+    if not file.is_file():
+        raise FileNotFoundError(f"shipped asset {file} is missing: rebuild with focused.data.build_assets")
+    return file
+
+
+def demo_book_parts() -> tuple[str, str]:
+    """Moby Dick split before ``HELDOUT_CHAPTER``: (training part, held-out part); together the whole book."""
+    with gzip.open(_asset("moby_dick.txt.gz"), "rt", encoding="utf-8") as f:
+        book = f.read()
+    cut = book.rfind(HELDOUT_CHAPTER)  # the chapter itself, not its line in the table of contents
+    if cut < len(book) // 2:
+        raise ValueError(f"the shipped Moby Dick has no {HELDOUT_CHAPTER!r}: rebuild with focused.data.build_assets")
+    return book[:cut], book[cut:]
+
+
+def demo_addresses() -> list[dict[str, Any]]:
+    """The shipped State of the Union addresses, in order: dicts with year, president, party, text."""
+    with gzip.open(_asset("sotu.jsonl.gz"), "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 class ShuffledOrder:

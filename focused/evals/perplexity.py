@@ -15,12 +15,18 @@ sizes m in `memory_windows` (M = the largest) and S = `score_windows`:
 - m = 0: no memory (each scored window alone).
 
 PPL = exp(total token loss / scored tokens) over all documents, for each m; x = (m + 1)·W, the tokens of context a
-scored window can reach. A model without memory layers gives the same PPL for every m (computed once).
+scored window can reach.
+
+A model without memory layers reads instead the (D+1)·m·W tokens before each scored window as local context, as far
+as its own window reaches (its `max_position_embeddings` minus W: nothing for a model trained at W, 3W for a 4x
+context-extension baseline such as PI or YaRN evaluated with `window` = W), and scores the same tokens; beyond its
+reach every m computes the same thing (computed once).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -153,6 +159,15 @@ def _nll(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.
     return (ce * weights).sum(-1), weights.sum(-1)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "skip"))
+def _local_nll(
+    graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array, labels: jax.Array, weights: jax.Array, skip: int
+) -> tuple[jax.Array, jax.Array]:
+    """`_nll` of the positions after the first `skip` of `[b, skip + t]` tokens read in one local window."""
+    logits = nnx.merge(graphdef, params)(ids).logits[:, skip:]
+    return _nll(logits, labels, weights)
+
+
 def stream_nll(
     model: LlamaForCausalLM,
     inputs: np.ndarray,
@@ -161,12 +176,28 @@ def stream_nll(
     capacity: int,
     memory: MemoryConfig,
     window: int,
+    local_context: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(loss sum `[rows]`, weight sum `[rows]`) of `[rows, T]` streams read in windows of `window` with a
-    `drop_oldest` memory of `capacity` tokens per row (0 = no memory: only weighted windows are run)."""
+    `drop_oldest` memory of `capacity` tokens per row (0 = no memory: only weighted windows are run).
+
+    local_context (models without memory layers, capacity 0): each scored window is read together with up to this
+    many tokens before it in one local window (positions from 0), scoring only the window itself.
+    """
     rows, total = inputs.shape
     graphdef, params = nnx.split(model)
     loss, count = np.zeros(rows), np.zeros(rows)
+    if local_context:
+        if capacity or model.config.mem_layers:
+            raise ValueError("local_context is for models without memory layers (capacity 0)")
+        for start in range(0, total, window):
+            at = slice(start, start + window)
+            if weights[:, at].any():
+                skip = min(local_context, start)
+                ids = inputs[:, start - skip : start + window]
+                s, c = _local_nll(graphdef, params, ids, labels[:, at], weights[:, at], skip)
+                loss, count = loss + np.asarray(s), count + np.asarray(c)
+        return loss, count
     if capacity and memory.backend == "faiss":
         cfg = dataclasses.replace(memory, capacity=capacity, policy="drop_oldest")
         logits = run_long(model, inputs, None, cfg)
@@ -222,18 +253,21 @@ def run_perplexity(
     out: dict[str, list[dict[str, Any]]] = {}
     for setting in cfg.settings:
         d = cfg.distractors if setting == "distractors" else 0
-        points, first = [], None
+        points, scored = [], {}
         for m in tqdm(cfg.memory_windows, desc=f"ppl {setting}", unit="m", disable=not progress):
-            if first is None or has_memory:  # without memory layers every m computes the same thing
-                first = _score(
-                    model, spans, cfg, d, window, n_windows, (d + 1) * m * window if has_memory else 0, memory
-                )
-            loss, count = first
+            reach = (d + 1) * m * window
+            # without memory layers: what precedes a scored window as far as the model's own window reaches
+            local = 0 if has_memory else min(reach, own - window)
+            key = reach if has_memory else local  # without memory layers most m compute the same thing
+            if key not in scored:
+                scored[key] = _score(model, spans, cfg, d, window, n_windows, reach if has_memory else 0, memory, local)
+            loss, count = scored[key]
             points.append(
                 {
                     "m": m,
                     "context_tokens": (m + 1) * window,
-                    "memory_tokens": (d + 1) * m * window,
+                    "memory_tokens": reach,
+                    "local_context_tokens": local,
                     "scored_tokens": int(count.sum()),
                     "nll": float(loss.sum() / count.sum()),
                     "ppl": math.exp(loss.sum() / count.sum()),
@@ -255,13 +289,15 @@ def _score(
     n_windows: int,
     capacity: int,
     memory: MemoryConfig,
+    local_context: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(loss, count) per target document `[num_documents]`, in batches of `batch_size` rows."""
     inputs, labels, weights = streams(spans, cfg.num_documents, distractors, window, n_windows, cfg.score_windows)
     parts = []
     for i in range(0, cfg.num_documents, cfg.batch_size):
         rows = slice(i, i + cfg.batch_size)
-        parts.append(stream_nll(model, inputs[rows], labels[rows], weights[rows], capacity, memory, window))
+        part = stream_nll(model, inputs[rows], labels[rows], weights[rows], capacity, memory, window, local_context)
+        parts.append(part)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

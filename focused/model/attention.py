@@ -78,8 +78,7 @@ class Attention(nnx.Module):
         cfg = self.config
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, cfg.num_attention_heads, cfg.head_size)
-        k = self.k_proj(x).reshape(b, t, cfg.kv_heads, cfg.head_size)
-        v = self.v_proj(x).reshape(b, t, cfg.kv_heads, cfg.head_size)
+        k, v = self.raw_kv(x)
         raw = WindowKV(k, v) if self.is_memory_layer else None
         new_cache = None
         if cache is not None:
@@ -100,6 +99,12 @@ class Attention(nnx.Module):
             q, k, v, local_mask, memory, query_chunk=chunk, impl=cfg.attention_impl, kv_chunk=cfg.attention_chunk
         )
         return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
+
+    def raw_kv(self, x: jax.Array) -> WindowKV:
+        """The un-rotated keys and values `[batch, seq, kv_heads, head_dim]` of x `[batch, seq, hidden]`."""
+        b, t, _ = x.shape
+        shape = (b, t, self.config.kv_heads, self.config.head_size)
+        return WindowKV(self.k_proj(x).reshape(shape), self.v_proj(x).reshape(shape))
 
 
 class RopeTables(NamedTuple):

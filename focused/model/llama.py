@@ -138,24 +138,7 @@ class LlamaModel(nnx.Module):
         cache the window is written at slots length..length+seq-1 and attends to every valid slot up to its own.
         """
         cfg = self.config
-        b, t = input_ids.shape[:2]
-        key_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
-        inv_freq = np.asarray(self.inv_freq, np.float32)
-        if cache is None:
-            if positions is None:
-                positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-            mask = causal_mask(key_valid)
-            cos, sin = rope_cos_sin(positions, inv_freq, self.rope_attention_factor)
-            rope = RopeTables(cos, sin, cos, sin)
-        else:
-            size = cache.valid.shape[1]
-            slots = jnp.arange(size, dtype=jnp.int32)
-            q_pos = cache.length + jnp.arange(t, dtype=jnp.int32)
-            valid = jax.lax.dynamic_update_slice(cache.valid, key_valid, (0, cache.length))
-            mask = (slots[None, None, :] <= q_pos[None, :, None]) & valid[:, None, :]
-            q_cos, q_sin = rope_cos_sin(jnp.broadcast_to(q_pos, (b, t)), inv_freq, self.rope_attention_factor)
-            k_cos, k_sin = rope_cos_sin(jnp.broadcast_to(slots, (b, size)), inv_freq, self.rope_attention_factor)
-            rope = RopeTables(q_cos, q_sin, k_cos, k_sin)
+        mask, rope, valid = self._local_attention(input_ids.shape[:2], attention_mask, positions, cache)
         if isinstance(memory, CrossBatch):
             memory = (memory,) * len(cfg.mem_layers)
         if memory is not None and len(memory) != len(cfg.mem_layers):
@@ -179,9 +162,67 @@ class LlamaModel(nnx.Module):
                 keys=jnp.stack([c.keys for c in new_cache]),
                 values=jnp.stack([c.values for c in new_cache]),
                 valid=valid,
-                length=cache.length + t,
+                length=cache.length + input_ids.shape[1],
             )
         return self.norm(x), tuple(new_kv), out_cache
+
+    def memory_kv(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None, memory: Sequence[MemoryBlock | None] | None
+    ) -> tuple[WindowKV, ...]:
+        """Only what a window adds to memory: the raw K/V `[batch, seq, kv_heads, head_dim]` of each memory layer,
+        equal to `__call__(...)[1]`.
+
+        The layers after the last memory layer and that layer's own attention are skipped: their outputs reach
+        neither a memory layer's keys/values nor anything else when the window's hidden states are not needed (a
+        prompt's prefix windows). With one memory layer this makes reading a long prompt linear in its length.
+        """
+        cfg = self.config
+        if not cfg.mem_layers:
+            return ()
+        mask, rope, _ = self._local_attention(input_ids.shape[:2], attention_mask, None, None)
+        memory = memory or (None,) * len(cfg.mem_layers)
+        if len(memory) != len(cfg.mem_layers):
+            raise ValueError(f"got {len(memory)} memory blocks for {len(cfg.mem_layers)} memory layers")
+        mem_by_layer = dict(zip(cfg.mem_layers, memory, strict=True))
+        last = max(cfg.mem_layers)
+        x = self.embed_tokens(input_ids)
+        new_kv: list[WindowKV] = []
+        for i, layer in enumerate(self.layers[:last]):
+            x, kv, _ = layer(x, rope, mask, mem_by_layer.get(i), None, 0)
+            if kv is not None:
+                new_kv.append(kv)
+        last_layer = self.layers[last]
+        return (*new_kv, last_layer.self_attn.raw_kv(last_layer.input_layernorm(x)))
+
+    def _local_attention(
+        self,
+        shape: tuple[int, int],
+        attention_mask: jax.Array | None,
+        positions: jax.Array | None,
+        cache: LocalCache | None,
+    ) -> tuple[jax.Array, RopeTables, jax.Array | None]:
+        """(local mask `[batch, seq, keys]`, RoPE tables, the cache's updated valid slots or None) of a window of
+        `shape` = (batch, seq): causal at positions 0..seq-1 (or `positions`), or written into the cache."""
+        b, t = shape
+        key_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+        inv_freq = np.asarray(self.inv_freq, np.float32)
+        valid = None
+        if cache is None:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            mask = causal_mask(key_valid)
+            cos, sin = rope_cos_sin(positions, inv_freq, self.rope_attention_factor)
+            rope = RopeTables(cos, sin, cos, sin)
+        else:
+            size = cache.valid.shape[1]
+            slots = jnp.arange(size, dtype=jnp.int32)
+            q_pos = cache.length + jnp.arange(t, dtype=jnp.int32)
+            valid = jax.lax.dynamic_update_slice(cache.valid, key_valid, (0, cache.length))
+            mask = (slots[None, None, :] <= q_pos[None, :, None]) & valid[:, None, :]
+            q_cos, q_sin = rope_cos_sin(jnp.broadcast_to(q_pos, (b, t)), inv_freq, self.rope_attention_factor)
+            k_cos, k_sin = rope_cos_sin(jnp.broadcast_to(slots, (b, size)), inv_freq, self.rope_attention_factor)
+            rope = RopeTables(q_cos, q_sin, k_cos, k_sin)
+        return mask, rope, valid
 
 
 class CausalLMOutput(NamedTuple):

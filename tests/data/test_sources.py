@@ -114,17 +114,40 @@ def test_streaming(tmp_path: Path) -> None:
 
 
 def test_shipped_demo_sets() -> None:
-    sotu = load_documents(DataSourceConfig(path="focused:sotu"))
+    sotu = load_documents(DataSourceConfig(path="focused:sotu", split="all"))
     assert len(sotu) == 60
     assert sotu[0].startswith("Fellow-Citizens of the Senate and House of Representatives")
-    moby = load_documents(DataSourceConfig(path="focused:moby_dick"))
+    moby = load_documents(DataSourceConfig(path="focused:moby_dick", split="all"))
     assert len(moby) == 1 and len(moby[0]) > 1_200_000 and "Call me Ishmael." in moby[0]
-    demo = load_documents(DataSourceConfig(path="focused:demo"))
+    demo = load_documents(DataSourceConfig(path="focused:demo", split="all"))
     assert len(demo) == 61 and demo[0] == moby[0] and demo[60] == sotu[59]
     lines = load_documents(DataSourceConfig(path="focused:moby_dick", text_granularity="line"))
     assert len(lines) > 2_000 and any(line.startswith("Call me Ishmael.") for line in lines)
     streamed = load_documents(DataSourceConfig(path="focused:sotu", streaming=True))
     assert next(iter(streamed)) == sotu[0]
+
+
+def test_shipped_demo_splits_hold_out_the_last_chapters_and_addresses() -> None:
+    """train (the default) and test partition each shipped set: Moby Dick is cut before chapter 116, the addresses
+    of 1845-1849 are held out."""
+    book = load_documents(DataSourceConfig(path="focused:moby_dick", split="all"))[0]
+    train = load_documents(DataSourceConfig(path="focused:moby_dick"))
+    test = load_documents(DataSourceConfig(path="focused:moby_dick", split="test"))
+    assert len(train) == len(test) == 1 and train[0] + test[0] == book
+    assert test[0].startswith("CHAPTER 116. The Dying Whale.") and "Call me Ishmael." in train[0]
+    assert "CHAPTER 116." not in train[0].split("CHAPTER 115.")[-1]
+    sotu = list(load_documents(DataSourceConfig(path="focused:sotu", split="all")))
+    held = list(load_documents(DataSourceConfig(path="focused:sotu", split="test")))
+    kept = list(load_documents(DataSourceConfig(path="focused:sotu", split="train")))
+    assert held == sotu[-5:] and kept == sotu[:-5]
+    demo_test = load_documents(DataSourceConfig(path="focused:demo", split="test"))
+    assert list(demo_test) == [test[0], *held]
+    streamed = load_documents(DataSourceConfig(path="focused:demo", split="test", streaming=True))
+    assert list(streamed) == list(demo_test)
+    book_lines = load_documents(DataSourceConfig(path="focused:moby_dick", split="test", text_granularity="line"))
+    assert book_lines[0] == "CHAPTER 116. The Dying Whale."
+    with pytest.raises(ValueError, match=r"has the splits \['train', 'test', 'all'\], not 'validation'"):
+        load_documents(DataSourceConfig(path="focused:demo", split="validation"))
 
 
 def test_error_paths(tmp_path: Path) -> None:

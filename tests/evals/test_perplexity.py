@@ -126,6 +126,32 @@ def test_a_model_without_memory_layers_has_one_ppl_for_every_size(tok):
     assert len({p["ppl"] for p in points}) == 1 and points[2]["memory_tokens"] == 2 * W
 
 
+def test_a_longer_local_window_reads_the_memory_span_as_local_context(tok):
+    """A context-extension baseline (no memory layers, window 3W) evaluated at W: memory size m puts the m·W tokens
+    (distractors interleaved: (D+1)·m·W) before each scored window into its local window, up to 2W; the scored
+    tokens are the same as for a memory model."""
+    model = tiny_model(seed=5, mem_layers=(), max_position_embeddings=3 * W)
+    docs = random_documents(3, 500, seed=6)
+    cfg = PerplexityConfig(memory_windows=(0, 1, 2, 3), score_windows=1, num_documents=2, distractors=1, window=W)
+    found = run_perplexity(model, tok, docs, cfg)
+    spans, _ = document_spans(docs, tok, 4 * W + 1, 2)
+    labels = spans[:, 3 * W + 1 :]
+    for m, point in enumerate(found["single"]):
+        local = min(m, 2) * W
+        logits = model(spans[:, 3 * W - local : 4 * W]).logits[:, local:]
+        assert point["local_context_tokens"] == local and point["scored_tokens"] == 2 * W
+        np.testing.assert_allclose(point["ppl"], math.exp(token_nll(logits, labels).mean()), rtol=1e-5)
+    stream = np.stack(
+        [np.concatenate([spans[d, j * W : (j + 1) * W] for j in range(4) for d in o]) for o in [[1, 0], [0, 1]]]
+    )
+    for m, point in enumerate(found["distractors"]):
+        local = min(2 * m, 2) * W
+        logits = model(stream[:, 8 * W - W - local :]).logits[:, local:]
+        assert point["local_context_tokens"] == local and point["memory_tokens"] == 2 * m * W
+        np.testing.assert_allclose(point["ppl"], math.exp(token_nll(logits, labels).mean()), rtol=1e-5)
+    assert found["single"][2]["ppl"] == found["single"][3]["ppl"] != found["single"][0]["ppl"]
+
+
 def test_empty_or_short_documents_are_clear_errors(tok, tmp_path):
     with pytest.raises(ValueError, match="holds no documents with text"):
         document_spans([], tok, 10, 1)

@@ -1,0 +1,197 @@
+"""Long context on real text end to end: perplexity vs memory (FoT against continued plain training, PI and YaRN)
+and task-tuned passkey retrieval far past the trained length (FoT against PI).
+
+    python experiments/long_context.py            # the whole experiment (README "Results" gives the wall times)
+    python experiments/long_context.py --smoke    # the same pipeline at toy size (about two minutes; CI runs it)
+
+Training (each resumable: rerunning the command continues where it stopped), on the demo text's train split
+(focused:demo, split train; the held-out test split is only evaluated on):
+
+    lm_base      configs/lm_base.py      pre-training from scratch
+    lm_fot       configs/lm_fot.py       from lm_base: FoT CrossBatch (k = 4, r = 3, stepping), window 256
+    lm_plain     configs/lm_plain.py     from lm_base: plain, window 256 (same token budget)
+    lm_pi        configs/lm_pi.py        from lm_base: linear position interpolation, local context 1024
+    lm_yarn      configs/lm_yarn.py      from lm_base: YaRN, local context 1024
+    passkey_fot  configs/passkey_fot.py  from lm_fot: text mixed with passkey prompts of <= 2 windows
+    passkey_pi   configs/passkey_pi.py   from lm_pi: the same data and budget at its 1024-token context
+
+Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
+
+- perplexity (configs/eval_perplexity.py) of lm_fot, lm_plain, lm_pi and lm_yarn on the held-out documents with
+  memory of 0 … 64 windows of 256 tokens, each document alone and with 3 distractor documents interleaved
+  (<out>/perplexity);
+- passkey retrieval (configs/eval_passkey.py) of passkey_fot and passkey_pi from 1K to 256K tokens, evaluation
+  seeds 1000.. (the training prompts come from another generator; focused.data.passkey) (<out>/passkey).
+
+Shipped models and results are never overwritten unless asked: a fresh run refuses at once unless given
+`--models DIR --out DIR` or `--overwrite`. Extra `--config.X=Y` arguments apply to every training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> the run it starts from ("" = from scratch); in training order
+RUNS = {
+    "lm_base": "",
+    "lm_fot": "lm_base",
+    "lm_plain": "lm_base",
+    "lm_pi": "lm_base",
+    "lm_yarn": "lm_base",
+    "passkey_fot": "lm_fot",
+    "passkey_pi": "lm_pi",
+}
+PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
+PASSKEY_MODELS = ("passkey_fot", "passkey_pi")
+EXPORTED = (*PERPLEXITY_MODELS, *PASSKEY_MODELS)
+WINDOW = 256  # the base model's window: the unit of memory sizes for every model
+PERPLEXITY = (
+    "--config.source.split=test",
+    "--config.perplexity.memory_windows=(0,1,2,4,8,16,32,64)",
+    "--config.perplexity.score_windows=2",
+    "--config.perplexity.num_documents=5",
+    "--config.perplexity.distractors=3",
+    "--config.perplexity.batch_size=5",
+    f"--config.perplexity.window={WINDOW}",
+)
+PASSKEY = (
+    "--config.passkey.lengths=(1024,2048,4096,8192,16384,32768,65536,131072,262144)",
+    "--config.passkey.trials=10",
+    "--config.passkey.seed=1000",
+)
+SMOKE_TRAIN = (
+    "--config.model.hidden_size=32",
+    "--config.model.intermediate_size=64",
+    "--config.model.num_hidden_layers=3",
+    "--config.train.steps=3",
+    "--config.train.warmup_steps=1",
+    "--config.train.log_every=1",
+    "--config.train.save_every=0",
+    "--config.train.eval_every=0",
+    "--config.train.async_checkpointing=False",
+)
+SMOKE_PERPLEXITY = (
+    "--config.source.split=test",
+    "--config.perplexity.memory_windows=(0,1,2)",
+    "--config.perplexity.score_windows=1",
+    "--config.perplexity.num_documents=2",
+    "--config.perplexity.distractors=1",
+    "--config.perplexity.batch_size=2",
+    f"--config.perplexity.window={WINDOW}",
+)
+SMOKE_PASSKEY = ("--config.passkey.lengths=(300,600)", "--config.passkey.trials=2", "--config.passkey.seed=1000")
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="extra --config.X=Y: training")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: the whole pipeline in about two minutes")
+    parser.add_argument("--runs", default="runs", help="parent of the training run directories")
+    parser.add_argument("--models", default="models", help="parent of the exported Hugging Face folders")
+    parser.add_argument("--out", default="results", help="parent of perplexity/ and passkey/ (results, plots)")
+    parser.add_argument("--skip-train", action="store_true", help="export and evaluate the run directories as they are")
+    parser.add_argument("--no-eval", action="store_true", help="train and export only")
+    parser.add_argument("--only-eval", default="", help="perplexity or passkey: run only that evaluation")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
+    known, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unexpected argument(s) {bad}")
+    if known.only_eval not in ("", "perplexity", "passkey"):
+        parser.error(f"--only-eval must be perplexity or passkey, got {known.only_eval!r}")
+    return known, extra
+
+
+def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> Path:
+    """Trains (or resumes) configs/<name>.py into <runs>/<name> from its parent run; exports <models>/<name>."""
+    from focused.config import load_config
+    from focused.convert.export import export_hf
+    from focused.training.checkpoint import find_tokenizer_dir, load_model
+    from focused.training.loop import train
+
+    run_dir = Path(args.runs) / name
+    parent = str(Path(args.runs) / RUNS[name]) if RUNS[name] else ""
+    overrides = [*(SMOKE_TRAIN if args.smoke else ()), *extra]
+    overrides += [f"--config.workdir={run_dir}", f"--config.init_from={parent}"]
+    if not args.skip_train:
+        start = time.perf_counter()
+        train(load_config(["train.py", "--config", str(ROOT / "configs" / f"{name}.py"), *overrides]))
+        print(f"{name}: trained in {time.perf_counter() - start:.0f} s ({run_dir})", flush=True)
+    if name not in EXPORTED:
+        return run_dir
+    model = load_model(run_dir)
+    out = Path(args.models) / name
+    return export_hf(
+        model, model.config, out, dtype="bfloat16", overwrite=args.overwrite, tokenizer_dir=find_tokenizer_dir(run_dir)
+    )
+
+
+def evaluate(kind: str, args: argparse.Namespace) -> None:
+    from focused.config import load_config
+    from focused.evals.runner import run
+
+    names = PERPLEXITY_MODELS if kind == "perplexity" else PASSKEY_MODELS
+    folders = [str(Path(args.models) / n) for n in names]
+    overrides = [
+        f"--config.checkpoints={tuple(folders)!r}",
+        f"--config.labels={tuple(n.split('_')[1] for n in names)!r}",
+        f"--config.out_dir={Path(args.out) / kind}",
+        f"--config.overwrite={args.overwrite}",
+    ]
+    if kind == "perplexity":
+        overrides += SMOKE_PERPLEXITY if args.smoke else PERPLEXITY
+    else:
+        overrides += SMOKE_PASSKEY if args.smoke else PASSKEY
+    if args.smoke:
+        overrides.append("--config.progress=False")
+    start = time.perf_counter()
+    results = run(load_config(["eval.py", "--config", str(ROOT / "configs" / f"eval_{kind}.py"), *overrides]))
+    took = time.perf_counter() - start
+    print(f"{kind}: {Path(args.out) / kind}/results.md, plot.png ({len(results.series)} series, {took:.0f} s)")
+
+
+def refuse_to_replace(args: argparse.Namespace) -> None:
+    """Before any training: a fresh run must not export over the shipped models (or write over the shipped results)
+    an hour later; say so now, in one line."""
+    if args.overwrite:
+        return
+    fresh = [n for n in EXPORTED if not (Path(args.runs) / n).exists()]
+    taken = [str(Path(args.models) / n) for n in fresh if (Path(args.models) / n).exists()]
+    if fresh and not args.no_eval:
+        taken += [str(Path(args.out) / k / "results.json") for k in ("perplexity", "passkey")]
+        taken = [t for t in taken if Path(t).exists()]
+    if taken:
+        raise SystemExit(
+            f"error: {', '.join(taken)} already exist (the shipped models and results): train into other folders "
+            "with --runs DIR --models DIR --out DIR, or pass --overwrite to replace them"
+        )
+
+
+def main(argv: list[str]) -> int:
+    args, extra = parse_args(argv)
+    start = time.perf_counter()
+    refuse_to_replace(args)
+    for name in RUNS:
+        train_and_export(name, args, extra)
+    if not args.no_eval:
+        for kind in ("perplexity", "passkey"):
+            if args.only_eval in ("", kind):
+                evaluate(kind, args)
+    print(f"long-context experiment done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    from focused.training.errors import TrainingError, TrainingInterrupted
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: a checkpoint was saved; rerunning resumes
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,78 @@
+"""Text documents mixed with short passkey prompts, for tuning a model on the passkey task (`config.data.passkey`).
+
+A :class:`PasskeyMixture` is a random-access document sequence: the `N` text documents of a source, then
+`documents` generated ones, each a passkey prompt in the published format (`focused.evals.passkey`) followed by
+its answer, `"<prompt> {key}"`. The packer shuffles them together, so batches hold both. Prompt `i` is drawn from
+`numpy.random.default_rng([seed, i])`: a length in tokens uniform in [min_tokens, max_tokens] (the filler budget
+follows from the shipped tokenizer's characters per filler token), a key position uniform in the filler and a key
+in [1, 50000), as the published generator draws them. The evaluation draws its prompts from numpy's legacy
+`RandomState(seed)` stream, so a tuned model is never evaluated on the prompts it was trained on (keys may repeat:
+there are only 50K of them; what is learned is to copy a key from context).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from focused.config import checked_fields
+from focused.data.packing import TextEncoder
+from focused.evals.passkey import FILLER, build_prompt, filler
+
+
+@dataclasses.dataclass(frozen=True)
+class PasskeyMixConfig:
+    """`config.data.passkey`: documents = passkey prompts added to the text documents (0 = none);
+    min_tokens / max_tokens: the range of their lengths in tokens; seed: draws the prompts."""
+
+    documents: int = 0
+    min_tokens: int = 64
+    max_tokens: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.documents < 0:
+            raise ValueError(f"config.data.passkey.documents must be >= 0, got {self.documents}")
+        if not 48 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(
+                f"config.data.passkey needs 48 <= min_tokens <= max_tokens (a prompt without filler already has "
+                f"about 45 tokens), got {self.min_tokens} and {self.max_tokens}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PasskeyMixConfig:
+        return cls(**checked_fields(cls, values, "config.data.passkey"))
+
+
+class PasskeyMixture(Sequence[str]):
+    """`texts` (any random-access sequence of documents) followed by `config.documents` passkey documents."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: TextEncoder, config: PasskeyMixConfig) -> None:
+        self.texts, self.config = texts, config
+        sample = filler(64 * (len(FILLER) + 1))
+        self.chars_per_token = len(sample) / len(tokenizer.encode(sample))
+        self.bare_tokens = len(tokenizer.encode(build_prompt(0, 0, 12345) + " 12345")) + 1  # + <bos>
+
+    def __len__(self) -> int:
+        return len(self.texts) + self.config.documents
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"document {index} of {len(self)}")
+        index %= len(self)
+        if index < len(self.texts):
+            return self.texts[index]
+        return self.prompt(index - len(self.texts))[0]
+
+    def prompt(self, i: int) -> tuple[str, int]:
+        """(document text = prompt and answer, key) of generated document `i`."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, i])
+        tokens = int(rng.integers(cfg.min_tokens, cfg.max_tokens + 1))
+        n_chars = max(int((tokens - self.bare_tokens) * self.chars_per_token), 1)
+        prefix = int(rng.integers(0, n_chars + 1))
+        key = int(rng.integers(1, 50000))
+        return f"{build_prompt(n_chars, prefix, key)} {key}", key
