@@ -6,8 +6,10 @@
     python eval.py --config configs/eval_perplexity.py --config.source.path=pg19 --config.source.split=test \
         --config.checkpoints="('/path/long_llama_3b',)" --config.out_dir=out/ppl_pg19
 
-The shipped demo data: focused:moby_dick is one long book; focused:demo adds 60 State of the Union addresses
-(enough long documents for the distractor setting with the tiny models' 256-token windows).
+The shipped demo data, held-out split (never trained on by the shipped configs): focused:demo split test is the end
+of Moby Dick (chapters 116-135 and the epilogue, ~47K tokens) and the 5 State of the Union addresses of 1845-1849
+(10-29K tokens each): enough long documents for the distractor setting with the tiny models' 256-token windows.
+Another source needs its own split: a local file has only `train` (--config.source.split=train).
 """
 
 import ml_collections
@@ -29,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.progress = True
     # backend dense / topk / faiss; the capacity comes from memory_windows (leave it 0)
     config.memory = section(MemoryConfig())
-    config.source = section(DataSourceConfig(path="focused:demo"))
+    config.source = section(DataSourceConfig(path="focused:demo", split="test"))
     config.perplexity = section(
         PerplexityConfig(
             memory_windows=(0, 1, 2, 4, 8, 16, 32),

@@ -1,5 +1,5 @@
 """configs/lm_pi.py tuned on the passkey task with the same data and budget as configs/passkey_fot.py (the demo
-text's train split mixed with 2000 passkey prompts of 64-512 tokens, 600 steps of 2048 tokens), at its 4x longer
+text's train split mixed with 20000 passkey prompts of 64-512 tokens, 600 steps of 2048 tokens), at its 4x longer
 local context (1024 tokens, linear position interpolation, no memory).
 
     python train.py --config configs/passkey_pi.py --config.init_from=runs/lm_pi

@@ -199,13 +199,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from focused.training.errors import TrainingError, TrainingInterrupted
+    from focused.cli import run_script
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: a checkpoint was saved; rerunning resumes
-        print(stop, file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_script(main, sys.argv[1:]))

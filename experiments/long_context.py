@@ -52,7 +52,7 @@ WINDOW = 256  # the base model's window: the unit of memory sizes for every mode
 PERPLEXITY = (
     "--config.source.split=test",
     "--config.perplexity.memory_windows=(0,1,2,4,8,16,32,64)",
-    "--config.perplexity.score_windows=2",
+    "--config.perplexity.score_windows=10",
     "--config.perplexity.num_documents=5",
     "--config.perplexity.distractors=3",
     "--config.perplexity.batch_size=5",
@@ -94,7 +94,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", default="results", help="parent of perplexity/ and passkey/ (results, plots)")
     parser.add_argument("--skip-train", action="store_true", help="export and evaluate the run directories as they are")
     parser.add_argument("--no-eval", action="store_true", help="train and export only")
-    parser.add_argument("--only-eval", default="", help="perplexity or passkey: run only that evaluation")
+    parser.add_argument(
+        "--only-eval", default="", help="perplexity or passkey: only that evaluation and the runs it needs"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
     known, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith("--config.")]
@@ -158,10 +160,11 @@ def refuse_to_replace(args: argparse.Namespace) -> None:
     an hour later; say so now, in one line."""
     if args.overwrite:
         return
-    fresh = [n for n in EXPORTED if not (Path(args.runs) / n).exists()]
+    fresh = [n for n in EXPORTED if n in needed_runs(args.only_eval) and not (Path(args.runs) / n).exists()]
     taken = [str(Path(args.models) / n) for n in fresh if (Path(args.models) / n).exists()]
     if fresh and not args.no_eval:
-        taken += [str(Path(args.out) / k / "results.json") for k in ("perplexity", "passkey")]
+        kinds = [args.only_eval] if args.only_eval else ["perplexity", "passkey"]
+        taken += [str(Path(args.out) / k / "results.json") for k in kinds]
         taken = [t for t in taken if Path(t).exists()]
     if taken:
         raise SystemExit(
@@ -170,11 +173,21 @@ def refuse_to_replace(args: argparse.Namespace) -> None:
         )
 
 
+def needed_runs(kind: str) -> list[str]:
+    """The runs an evaluation ("" = both) needs, with the runs they start from, in training order."""
+    wanted = set(PERPLEXITY_MODELS if kind == "perplexity" else PASSKEY_MODELS if kind == "passkey" else RUNS)
+    for name in list(wanted):
+        while RUNS[name]:
+            name = RUNS[name]
+            wanted.add(name)
+    return [name for name in RUNS if name in wanted]
+
+
 def main(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     start = time.perf_counter()
     refuse_to_replace(args)
-    for name in RUNS:
+    for name in needed_runs(args.only_eval):
         train_and_export(name, args, extra)
     if not args.no_eval:
         for kind in ("perplexity", "passkey"):
@@ -185,13 +198,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from focused.training.errors import TrainingError, TrainingInterrupted
+    from focused.cli import run_script
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except TrainingInterrupted as stop:  # SIGINT / SIGTERM: a checkpoint was saved; rerunning resumes
-        print(stop, file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_script(main, sys.argv[1:]))

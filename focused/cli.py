@@ -154,3 +154,16 @@ def run(
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def run_script(main: Callable[[list[str]], int], argv: Sequence[str]) -> int:
+    """Runs an experiment script's `main(argv)`: a stop by SIGINT / SIGTERM (a checkpoint was saved; rerunning
+    resumes) and a training error each end in one line on stderr and their exit code."""
+    try:
+        return main(list(argv))
+    except TrainingInterrupted as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
+    except TrainingError as error:
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return EXIT_ERROR

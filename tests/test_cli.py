@@ -92,3 +92,20 @@ def test_verbose_is_accepted_and_not_taken_for_an_override(tmp_path, capsys, lib
     assert code == 2
     assert "config.data.batch_size must be a positive integer" in capsys.readouterr().err
     assert not datasets.are_progress_bars_disabled()  # --verbose leaves the libraries as they are
+
+
+def test_experiment_scripts_end_a_stop_or_a_training_error_in_one_line(capsys):
+    from focused.cli import run_script
+    from focused.training.errors import TrainingError, TrainingInterrupted
+
+    def stopped(argv: list[str]) -> int:
+        raise TrainingInterrupted("interrupted at step 7, checkpoint saved, rerun to resume", 143)
+
+    def failed(argv: list[str]) -> int:
+        raise TrainingError("loss is nan at step 3;\n  the last finite checkpoint is step 2")
+
+    assert run_script(lambda argv: len(argv), ["a", "b"]) == 2
+    assert run_script(stopped, []) == 143
+    assert capsys.readouterr().err == "interrupted at step 7, checkpoint saved, rerun to resume\n"
+    assert run_script(failed, []) == 2
+    assert capsys.readouterr().err == "error: loss is nan at step 3; the last finite checkpoint is step 2\n"

@@ -153,6 +153,8 @@ def load_documents(config: DataSourceConfig) -> Documents | StreamingDocuments:
     except ValueError as err:
         if "corresponds to no data" in str(err):
             raise ValueError(f"{label} is empty: point the data source at files with documents") from err
+        if str(err).startswith("Unknown split"):  # "Unknown split "test". Should be one of ['train']."
+            raise ValueError(f"{label}: {err} Set the source's split (e.g. --config.source.split=train)") from err
         raise
     return wrap_dataset(dataset, config.text_field, label)
 

@@ -73,6 +73,9 @@ def test_local_jsonl_plain_gz_and_glob(tmp_path: Path) -> None:
     assert list(globbed) == texts
     sliced = load_documents(DataSourceConfig(path=str(plain), split="train[:4]", text_field="body"))
     assert list(sliced) == texts[:4]
+    with pytest.raises(ValueError, match=r"Unknown split \"test\".* Set the source's split") as err:
+        load_documents(DataSourceConfig(path=str(plain), split="test", text_field="body"))
+    assert "\n" not in str(err.value)
 
 
 def test_local_text_document_and_line(tmp_path: Path) -> None:

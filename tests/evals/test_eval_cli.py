@@ -60,6 +60,7 @@ def perplexity_argv(saved, corpus: Path, out: Path, *extra: str) -> list[str]:
         f"--config.checkpoints=('{saved[0]}',)",
         f"--config.out_dir={out}",
         f"--config.source.path={corpus}",
+        "--config.source.split=train",
         "--config.perplexity.memory_windows=(0,1)",
         "--config.perplexity.score_windows=1",
         "--config.perplexity.num_documents=2",
