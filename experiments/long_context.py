@@ -12,14 +12,16 @@ Training (each resumable: rerunning the command continues where it stopped), on 
     lm_plain     configs/lm_plain.py     from lm_base: plain, window 256 (same token budget)
     lm_pi        configs/lm_pi.py        from lm_base: linear position interpolation, local context 1024
     lm_yarn      configs/lm_yarn.py      from lm_base: YaRN, local context 1024
-    passkey_fot  configs/passkey_fot.py  from lm_fot: text mixed with passkey prompts of <= 2 windows
-    passkey_pi   configs/passkey_pi.py   from lm_pi: the same data and budget at its 1024-token context
+    passkey_fot_short  configs/passkey_fot_short.py  from lm_fot: text mixed with short passkey prompts (48-128)
+    passkey_fot        configs/passkey_fot.py        from it: prompts of 64-512 tokens (<= 2 windows)
+    passkey_pi_short   configs/passkey_pi_short.py   from lm_pi: the same data and budgets as FoT's two stages,
+    passkey_pi         configs/passkey_pi.py         at its 1024-token context
 
 Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
 
 - perplexity (configs/eval_perplexity.py) of lm_fot, lm_plain, lm_pi and lm_yarn on the held-out documents with
-  memory of 0 … 64 windows of 256 tokens, each document alone and with 3 distractor documents interleaved
-  (<out>/perplexity);
+  memory of 0 … 64 windows of 256 tokens, each document alone (<out>/perplexity), and 0 … 16 windows with 3
+  distractor documents interleaved (<out>/perplexity_distractors);
 - passkey retrieval (configs/eval_passkey.py) of passkey_fot and passkey_pi from 1K to 256K tokens, evaluation
   seeds 1000.. (the training prompts come from another generator; focused.data.passkey) (<out>/passkey).
 
@@ -42,8 +44,10 @@ RUNS = {
     "lm_plain": "lm_base",
     "lm_pi": "lm_base",
     "lm_yarn": "lm_base",
-    "passkey_fot": "lm_fot",
-    "passkey_pi": "lm_pi",
+    "passkey_fot_short": "lm_fot",
+    "passkey_fot": "passkey_fot_short",
+    "passkey_pi_short": "lm_pi",
+    "passkey_pi": "passkey_pi_short",
 }
 PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
 PASSKEY_MODELS = ("passkey_fot", "passkey_pi")
@@ -54,10 +58,19 @@ PERPLEXITY = (
     "--config.perplexity.memory_windows=(0,1,2,4,8,16,32,64)",
     "--config.perplexity.score_windows=10",
     "--config.perplexity.num_documents=5",
-    "--config.perplexity.distractors=3",
     "--config.perplexity.batch_size=5",
     f"--config.perplexity.window={WINDOW}",
 )
+# each document alone with up to 64 windows of memory; with 3 distractor documents interleaved (4x the memory and
+# the windows read) up to 16 windows a document: 64 would take ~16x the single setting's time on 2 cores
+SETTINGS = {
+    "perplexity": ("--config.perplexity.settings=('single',)",),
+    "perplexity_distractors": (
+        "--config.perplexity.settings=('distractors',)",
+        "--config.perplexity.distractors=3",
+        "--config.perplexity.memory_windows=(0,1,2,4,8,16)",
+    ),
+}
 PASSKEY = (
     "--config.passkey.lengths=(1024,2048,4096,8192,16384,32768,65536,131072,262144)",
     "--config.passkey.trials=10",
@@ -131,7 +144,8 @@ def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> P
     )
 
 
-def evaluate(kind: str, args: argparse.Namespace) -> None:
+def evaluate(kind: str, args: argparse.Namespace, out: str = "") -> None:
+    """The perplexity or passkey eval of the exported models into <out>/<out or kind>."""
     from focused.config import load_config
     from focused.evals.runner import run
 
@@ -140,11 +154,11 @@ def evaluate(kind: str, args: argparse.Namespace) -> None:
     overrides = [
         f"--config.checkpoints={tuple(folders)!r}",
         f"--config.labels={tuple(n.split('_')[1] for n in names)!r}",
-        f"--config.out_dir={Path(args.out) / kind}",
+        f"--config.out_dir={Path(args.out) / (out or kind)}",
         f"--config.overwrite={args.overwrite}",
     ]
     if kind == "perplexity":
-        overrides += SMOKE_PERPLEXITY if args.smoke else PERPLEXITY
+        overrides += SMOKE_PERPLEXITY if args.smoke else [*PERPLEXITY, *SETTINGS[out]]
     else:
         overrides += SMOKE_PASSKEY if args.smoke else PASSKEY
     if args.smoke:
@@ -152,7 +166,8 @@ def evaluate(kind: str, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     results = run(load_config(["eval.py", "--config", str(ROOT / "configs" / f"eval_{kind}.py"), *overrides]))
     took = time.perf_counter() - start
-    print(f"{kind}: {Path(args.out) / kind}/results.md, plot.png ({len(results.series)} series, {took:.0f} s)")
+    where = Path(args.out) / (out or kind)
+    print(f"{out or kind}: {where}/results.md, plot.png ({len(results.series)} series, {took:.0f} s)", flush=True)
 
 
 def refuse_to_replace(args: argparse.Namespace) -> None:
@@ -163,7 +178,7 @@ def refuse_to_replace(args: argparse.Namespace) -> None:
     fresh = [n for n in EXPORTED if n in needed_runs(args.only_eval) and not (Path(args.runs) / n).exists()]
     taken = [str(Path(args.models) / n) for n in fresh if (Path(args.models) / n).exists()]
     if fresh and not args.no_eval:
-        kinds = [args.only_eval] if args.only_eval else ["perplexity", "passkey"]
+        kinds = {"perplexity": list(SETTINGS), "passkey": ["passkey"], "": [*SETTINGS, "passkey"]}[args.only_eval]
         taken += [str(Path(args.out) / k / "results.json") for k in kinds]
         taken = [t for t in taken if Path(t).exists()]
     if taken:
@@ -189,10 +204,13 @@ def main(argv: list[str]) -> int:
     refuse_to_replace(args)
     for name in needed_runs(args.only_eval):
         train_and_export(name, args, extra)
-    if not args.no_eval:
-        for kind in ("perplexity", "passkey"):
-            if args.only_eval in ("", kind):
-                evaluate(kind, args)
+    if not args.no_eval and args.only_eval in ("", "perplexity"):
+        for out in () if args.smoke else SETTINGS:  # smoke: both settings in one small eval
+            evaluate("perplexity", args, out)
+        if args.smoke:
+            evaluate("perplexity", args)
+    if not args.no_eval and args.only_eval in ("", "passkey"):
+        evaluate("passkey", args)
     print(f"long-context experiment done in {time.perf_counter() - start:.0f} s")
     return 0
 
