@@ -237,7 +237,7 @@ def test_data_and_state_errors() -> None:
 
 def test_shipped_demo_end_to_end() -> None:
     tok = load_tokenizer(None)
-    docs = load_documents(DataSourceConfig(path="focused:sotu"))
+    docs = load_documents(DataSourceConfig(path="focused:sotu", split="all"))
     packer = DocumentPacker(docs, tok, PackingConfig(batch_size=8, window=128, k=4, seed=0))
     batches = take(packer, 30)
     lanes = lane_streams(batches, k=4)

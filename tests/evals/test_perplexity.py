@@ -162,6 +162,7 @@ def test_empty_or_short_documents_are_clear_errors(tok, tmp_path):
     empty = tmp_path / "empty_texts.jsonl"
     empty.write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(3)))
     argv = ["eval.py", "--config", "configs/eval_perplexity.py", f"--config.source.path={empty}"]
+    argv.append("--config.source.split=train")
     with pytest.raises(ValueError, match="holds no documents with text"):
         run_perplexity(tiny_model(), tok, ["", ""], PerplexityConfig(memory_windows=(0,), score_windows=1))
     with pytest.raises(ValueError, match=r"config.source '.*empty_texts.jsonl' \(split 'train'\) holds no documents"):
