@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from focused.cli import experiment_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("dict_lookup_fot", "dict_lookup_d1", "dict_lookup_baseline")
 # The curriculum every model goes through before its own config (the last stage): 1-letter keys over 16 letters
@@ -62,18 +64,16 @@ SMOKE_TRAIN = (
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="extra --config.X=Y: training")
-    parser.add_argument("--smoke", action="store_true", help="toy sizes: the whole pipeline in about a minute")
-    parser.add_argument("--runs", default="runs", help="parent of the training run directories")
-    parser.add_argument("--models", default="models", help="parent of the exported Hugging Face folders")
-    parser.add_argument("--out", default="results/dictionary", help="where results.json/md and plot.png go")
+    parser = experiment_parser(
+        __doc__,
+        out="results/dictionary",
+        out_help="where results.json/md and plot.png go",
+        smoke_help="toy sizes: the whole pipeline in about a minute",
+    )
     parser.add_argument("--sizes", default="", help="memory sizes in tokens, comma-separated (default: the eval's)")
     parser.add_argument("--trials", type=int, default=0, help="documents per size (default: the eval config's)")
-    parser.add_argument("--skip-train", action="store_true", help="evaluate the run directories as they are")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
     parser.add_argument("--only", default="", help="comma-separated models to train, export and evaluate")
     parser.add_argument("--stages-only", action="store_true", help="train the curriculum stages, nothing else")
-    parser.add_argument("--no-eval", action="store_true", help="train and export only")
     parser.add_argument("--tag", default="", help="suffix of a variant's run, stage and model folders")
     parser.add_argument("--stages-tag", default=None, help="tag of the curriculum stages to start from (--tag)")
     known, extra = parser.parse_known_args(argv)

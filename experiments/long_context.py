@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from focused.cli import experiment_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 # name -> the run it starts from ("" = from scratch); in training order
 RUNS = {
@@ -100,17 +102,15 @@ SMOKE_PASSKEY = ("--config.passkey.lengths=(300,600)", "--config.passkey.trials=
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="extra --config.X=Y: training")
-    parser.add_argument("--smoke", action="store_true", help="toy sizes: the whole pipeline in about two minutes")
-    parser.add_argument("--runs", default="runs", help="parent of the training run directories")
-    parser.add_argument("--models", default="models", help="parent of the exported Hugging Face folders")
-    parser.add_argument("--out", default="results", help="parent of perplexity/ and passkey/ (results, plots)")
-    parser.add_argument("--skip-train", action="store_true", help="export and evaluate the run directories as they are")
-    parser.add_argument("--no-eval", action="store_true", help="train and export only")
+    parser = experiment_parser(
+        __doc__,
+        out="results",
+        out_help="parent of perplexity/, perplexity_distractors/ and passkey/ (results, plots)",
+        smoke_help="toy sizes: the whole pipeline in about two minutes",
+    )
     parser.add_argument(
         "--only-eval", default="", help="perplexity or passkey: only that evaluation and the runs it needs"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
     known, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:

@@ -10,6 +10,7 @@ training stopped by SIGINT / SIGTERM after saving a checkpoint. Without `--verbo
 
 from __future__ import annotations
 
+import argparse
 import ast
 import logging
 import os
@@ -167,3 +168,17 @@ def run_script(main: Callable[[list[str]], int], argv: Sequence[str]) -> int:
     except TrainingError as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return EXIT_ERROR
+
+
+def experiment_parser(doc: str, *, out: str, out_help: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The arguments every experiment script takes: --smoke, --runs, --models, --out, --skip-train, --no-eval and
+    --overwrite (extra `--config.X=Y` arguments are the script's to check)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog="extra --config.X=Y: training")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--runs", default="runs", help="parent of the training run directories")
+    parser.add_argument("--models", default="models", help="parent of the exported Hugging Face folders")
+    parser.add_argument("--out", default=out, help=out_help)
+    parser.add_argument("--skip-train", action="store_true", help="export and evaluate the run directories as they are")
+    parser.add_argument("--no-eval", action="store_true", help="train and export only")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing exports and results")
+    return parser
