@@ -76,3 +76,14 @@ class PasskeyMixture(Sequence[str]):
         prefix = int(rng.integers(0, n_chars + 1))
         key = int(rng.integers(1, 50000))
         return f"{build_prompt(n_chars, prefix, key)} {key}", key
+
+
+def mix_passkeys(texts: Sequence[str] | Any, tokenizer: TextEncoder, section: Mapping[str, Any]) -> Any:
+    """`texts` with the passkey prompts of `config.data.passkey` (`section`) added, or unchanged when it asks for
+    none; prompts need a random-access source."""
+    config = PasskeyMixConfig.from_dict(section)
+    if not config.documents:
+        return texts
+    if not isinstance(texts, Sequence):
+        raise ValueError("config.data.passkey mixes prompts into a random-access source: set streaming=False")
+    return PasskeyMixture(texts, tokenizer, config)

@@ -22,7 +22,6 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from flax import nnx
 
 from focused.data import DataSourceConfig, DocumentPacker, PackingConfig, load_documents, load_tokenizer
 from focused.data.packing import merge_states
-from focused.data.passkey import PasskeyMixConfig, PasskeyMixture
+from focused.data.passkey import mix_passkeys
 from focused.data.synthetic import TASK_FILE, DictionaryBatches, save_task, synthetic_batches
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
@@ -137,11 +136,8 @@ def build_data(
             f"tokenizer has {tokenizer.vocab_size} tokens but config.model.vocab_size={config.model.vocab_size}"
         )
     documents = load_documents(DataSourceConfig.from_dict(source.to_dict()))
-    mix = PasskeyMixConfig.from_dict(data.get("passkey", {}))
-    if mix.documents and source is data.source:  # training documents only; an eval source stays as it is
-        if not isinstance(documents, Sequence):
-            raise ValueError("config.data.passkey mixes prompts into a random-access source: set streaming=False")
-        documents = PasskeyMixture(documents, tokenizer, mix)
+    if source is data.source:  # passkey prompts go into the training documents only
+        documents = mix_passkeys(documents, tokenizer, data.get("passkey", {}))
     packing = PackingConfig(
         batch_size=data.batch_size,
         window=config.model.max_position_embeddings,

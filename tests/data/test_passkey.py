@@ -53,3 +53,14 @@ def test_bad_settings_are_one_line_errors():
         PasskeyMixConfig(documents=1, min_tokens=600, max_tokens=512)
     with pytest.raises(ValueError, match="unknown"):
         PasskeyMixConfig.from_dict({"documnets": 3})
+
+
+def test_mixing_leaves_a_source_without_prompts_alone_and_needs_random_access(tok):
+    from focused.data.passkey import mix_passkeys
+
+    texts = ["a document"]
+    assert mix_passkeys(texts, tok, {}) is texts
+    mixed = mix_passkeys(texts, tok, {"documents": 3})
+    assert len(mixed) == 4 and mixed[0] == "a document"
+    with pytest.raises(ValueError, match="random-access source: set streaming=False"):
+        mix_passkeys(iter(texts), tok, {"documents": 3})
