@@ -15,6 +15,7 @@ import ast
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,9 @@ def _config_arg(argv: Sequence[str]) -> str:
 
 
 def quiet_libraries(datasets_bars: bool = True) -> None:
-    """Hides HF datasets' progress bars, absl log records (orbax), and the asyncio records and 'Event loop is
-    closed' noise a failed checkpoint write leaves behind, and the orbax read coroutines a failed restore drops
-    (the failure itself is reported as one error line).
+    """Hides HF datasets' progress bars, absl log records (orbax), and the noise a failed checkpoint write or
+    restore leaves behind: asyncio records, 'Event loop is closed', dropped orbax read coroutines and Python's
+    never-awaited coroutine warnings (the failure itself is reported as one error line).
     `datasets_bars=False` leaves HF datasets alone (and unimported)."""
     if datasets_bars:
         import datasets
@@ -108,6 +109,8 @@ def quiet_libraries(datasets_bars: bool = True) -> None:
         datasets.disable_progress_bars()
     for name in ("absl", "asyncio"):  # orbax logs through absl; its aborted writes leave asyncio futures behind
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # an aborted orbax write can also drop serialization coroutines unawaited; Python warns when they are collected
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
     previous = sys.unraisablehook
     if getattr(previous, "quiets_closed_loops", False):  # installed by an earlier call in this process
         return
