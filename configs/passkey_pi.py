@@ -1,9 +1,8 @@
-"""configs/lm_pi.py tuned on the passkey task, stage 2 (from configs/passkey_pi_short.py), with the same data and
-budget as configs/passkey_fot.py (the demo text's train split mixed with 20000 passkey prompts of 64-512 tokens, 400
-steps of 2048 tokens), at its 4x longer local context (1024 tokens, linear position interpolation, no memory).
+"""configs/lm_pi.py tuned on the passkey task with the data and budget of configs/passkey_fot.py (20000 prompts of
+48-512 tokens mixed into the text, each document starting its own window; 600 steps of 4096 tokens, peak LR 2e-3),
+at its 4x longer local context: 4 rows of 1024 tokens (linear position interpolation, no memory).
 
-    python train.py --config configs/passkey_pi_short.py
-    python train.py --config configs/passkey_pi.py
+    python train.py --config configs/passkey_pi.py --config.init_from=runs/lm_pi
 """
 
 import os
@@ -14,10 +13,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = runpy.run_path(os.path.join(os.path.dirname(__file__), "lm_pi.py"))["get_config"]()
-    fot = runpy.run_path(os.path.join(os.path.dirname(__file__), "passkey_fot.py"))["get_config"]()
-    config.workdir = "runs/passkey_pi"
-    config.init_from = "runs/passkey_pi_short"
-    config.data.passkey = fot.data.passkey
-    config.train.steps = fot.train.steps
-    config.train.eval_every = 0
+    tuning = runpy.run_path(os.path.join(os.path.dirname(__file__), "passkey_fot.py"))["passkey_tuning"]
+    config = tuning(config, "runs/passkey_pi", "runs/lm_pi")
+    config.data.batch_size = 4
     return config

@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seed = 0
     config.data.passkey = section(PasskeyMixConfig())  # documents > 0: passkey prompts mixed into the text
     config.data.lane_streams = False  # True: each lane reads its own documents (a process packs only its rows)
+    config.data.align_documents = False  # True: each document starts a group of k windows (padding before it)
     config.train = section(TrainConfig(steps=300, learning_rate=2e-3, warmup_steps=30, save_every=100))
     config.fot = section(FotConfig(cross_batch_range=0))
     config.sharding = sharding_config(MeshConfig(data=-1))  # mesh axes (data, fsdp, tensor), -1 = fill; logical rules

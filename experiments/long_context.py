@@ -12,10 +12,8 @@ Training (each resumable: rerunning the command continues where it stopped), on 
     lm_plain     configs/lm_plain.py     from lm_base: plain, window 256 (same token budget)
     lm_pi        configs/lm_pi.py        from lm_base: linear position interpolation, local context 1024
     lm_yarn      configs/lm_yarn.py      from lm_base: YaRN, local context 1024
-    passkey_fot_short  configs/passkey_fot_short.py  from lm_fot: text mixed with short passkey prompts (48-128)
-    passkey_fot        configs/passkey_fot.py        from it: prompts of 64-512 tokens (<= 2 windows)
-    passkey_pi_short   configs/passkey_pi_short.py   from lm_pi: the same data and budgets as FoT's two stages,
-    passkey_pi         configs/passkey_pi.py         at its 1024-token context
+    passkey_fot  configs/passkey_fot.py  from lm_fot: text mixed with passkey prompts of 48-512 tokens (<= 2 windows)
+    passkey_pi   configs/passkey_pi.py   from lm_pi: the same data and budget at its 1024-token context
 
 Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
 
@@ -46,10 +44,8 @@ RUNS = {
     "lm_plain": "lm_base",
     "lm_pi": "lm_base",
     "lm_yarn": "lm_base",
-    "passkey_fot_short": "lm_fot",
-    "passkey_fot": "passkey_fot_short",
-    "passkey_pi_short": "lm_pi",
-    "passkey_pi": "passkey_pi_short",
+    "passkey_fot": "lm_fot",
+    "passkey_pi": "lm_pi",
 }
 PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
 PASSKEY_MODELS = ("passkey_fot", "passkey_pi")

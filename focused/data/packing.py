@@ -9,6 +9,13 @@ target of exactly one position and nothing is lost at window boundaries.
 With k-packing (``doc_aware_k{k}``) batch rows ``g*k … g*k+k-1`` are ``k`` consecutive windows of lane ``g``;
 ``k = 1`` gives ``batch_size`` independent lanes. Pure numpy; nothing here needs JAX.
 
+With ``align_documents`` every document starts a group of ``k`` windows (``k * W`` tokens) of its lane: the rest of
+the previous document's last group is padding (``doc_ids`` -1, out of the loss; the train step masks it out of
+attention and memory). A window then never holds two documents, and the CrossBatch positives of a row are its own
+document's earlier windows only. Short documents that must not see each other (passkey prompts: every prompt looks
+alike but for its key, so a key line of another prompt in view makes the answer ambiguous) need it; it costs the
+padding.
+
 With ``lane_streams`` each lane reads its own slice of the order instead (lane ``g`` of ``L``: draws ``g``,
 ``g + L``, ``g + 2L``, …), so a lane's documents do not depend on the other lanes and a process of a multi-process
 job packs only its own lanes (``DocumentPacker(..., lanes=(first, stop))``), reading only their documents. The
@@ -56,6 +63,8 @@ class PackingConfig:
         add_eos: put ``eos`` after each document.
         lane_streams: lane ``g`` reads draws ``g, g + L, g + 2L, …`` of the order (its own documents; see the module
             docstring) instead of the next document of one shared order; needs a random-access source.
+        align_documents: start every document on a group boundary of its lane (``k * window`` tokens), padding the
+            rest of the group before it (see the module docstring).
     """
 
     batch_size: int
@@ -67,6 +76,7 @@ class PackingConfig:
     add_bos: bool = True
     add_eos: bool = True
     lane_streams: bool = False
+    align_documents: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "window", "k"):
@@ -96,10 +106,12 @@ class PackingConfig:
 class _Lane:
     """One token stream: the documents still (partly) unread, and where reading resumes in the first one."""
 
-    segments: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)  # (draw, tokens [len])
+    # (draw, tokens [len]); with align_documents a padding segment has draw -len (its length, for the saved state)
+    segments: list[tuple[int, np.ndarray]] = dataclasses.field(default_factory=list)
     offset: int = 0
     index: int = 0  # which lane of the batch
     pulled: int = 0  # with lane_streams: documents this lane has drawn (its next draw is index + pulled * L)
+    phase: int = 0  # windows of the current batch read so far (k per batch, so 0 whenever a state is taken)
 
     @property
     def available(self) -> int:
@@ -181,12 +193,25 @@ class DocumentPacker:
                 self._next_draw += 1
             tokens = self._tokenize(text)
             if len(tokens):
+                self._align(lane)
                 lane.segments.append((draw, tokens))
                 return True
             if first_empty is None:
                 first_empty = draw
             elif self._order.epoch_of(draw) >= self._order.epoch_of(first_empty) + 2:
                 raise ValueError("every document encodes to zero tokens: check the data source and text_field")
+
+    def _align(self, lane: _Lane) -> None:
+        """With align_documents, pads the lane's stream up to its next group boundary (before a new document)."""
+        if not self.config.align_documents or not lane.segments:
+            return
+        group = self.config.k * self.config.window
+        # the stream's first segment starts `lane.offset` tokens before the next window, which starts a group
+        # only when the lane has read a whole number of groups; `lane.phase` counts windows read modulo k
+        end = lane.phase * self.config.window - lane.offset + sum(len(tokens) for _, tokens in lane.segments)
+        short = -end % group
+        if short:
+            lane.segments.append((-short, np.full((short,), self.tokenizer.pad_id, np.int32)))
 
     def _window(self, lane: _Lane) -> tuple[np.ndarray, np.ndarray]:
         """The lane's next window: tokens ``[W + 1]`` and their draw ids ``[W + 1]``; then advance by ``W``."""
@@ -199,12 +224,13 @@ class DocumentPacker:
         for draw, seg in lane.segments:
             piece = seg[offset : offset + need - filled]
             tokens[filled : filled + len(piece)] = piece
-            draws[filled : filled + len(piece)] = draw
+            draws[filled : filled + len(piece)] = max(draw, -1)
             filled += len(piece)
             offset = 0
             if filled == need:
                 break
         lane.offset += self.config.window
+        lane.phase = (lane.phase + 1) % self.config.k
         while lane.segments and lane.offset >= len(lane.segments[0][1]):
             lane.offset -= len(lane.segments.pop(0)[1])
         if not lane.segments:
@@ -221,7 +247,7 @@ class DocumentPacker:
         for g, lane in enumerate(self._lanes):
             for j in range(cfg.k):
                 tokens[g * cfg.k + j], draws[g * cfg.k + j] = self._window(lane)
-        loss_mask = (draws[:, 1:] >= 0).astype(np.float32)
+        loss_mask = ((draws[:, 1:] >= 0) & (draws[:, :-1] >= 0)).astype(np.float32)  # no target after padding
         if not loss_mask.any():
             self._finished = True
             if self._batches == 0:
@@ -237,8 +263,9 @@ class DocumentPacker:
 
     def _fingerprint(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self.config)
-        if not fields["lane_streams"]:  # absent from the states of runs older than the field
-            del fields["lane_streams"]
+        for name in ("lane_streams", "align_documents"):
+            if not fields[name]:  # absent from the states of runs older than the field
+                del fields[name]
         # A stream's length is unknown until read once, so only sequences are checked for it.
         fields["num_documents"] = self._order.num_documents if isinstance(self._order, ShuffledOrder) else None
         return fields
@@ -247,7 +274,8 @@ class DocumentPacker:
         """A small JSON-serialisable dict from which :meth:`set_state` resumes exactly here.
 
         Lanes record which documents (by draw number) they still hold and the read offset into the first; the
-        tokens themselves are recomputed on restore instead of being stored. With lane_streams every lane also
+        tokens themselves are recomputed on restore instead of being stored (a padding segment of
+        align_documents is recorded as minus its length). With lane_streams every lane also
         records how many documents it has drawn (`pulled`), and lanes this packer does not pack are None.
         """
         lanes: list[dict[str, Any] | None] = [
@@ -285,15 +313,25 @@ class DocumentPacker:
         own = state["lanes"][first:stop]
         if any(lane is None for lane in own):
             raise ValueError(f"packer state lacks some of lanes {first}..{stop - 1}: merge the states of all processes")
-        needed = sorted({int(d) for lane in own for d in lane["draws"]})
+        needed = sorted({int(d) for lane in own for d in lane["draws"] if int(d) >= 0})
         tokens: dict[int, np.ndarray] = {}
         for draw in needed:  # increasing, so a stream is read once
             text = self._order.get(draw)
             tokens[draw] = self._tokenize(text) if text is not None else np.zeros((0,), np.int32)
             if not len(tokens[draw]):
                 raise ValueError(f"packer state names document draw {draw}, which these documents lack")
+        pad = self.tokenizer.pad_id
+
+        def segment(draw: int) -> tuple[int, np.ndarray]:
+            return draw, tokens[draw] if draw >= 0 else np.full((-draw,), pad, np.int32)
+
         self._lanes = [
-            _Lane([(int(d), tokens[int(d)]) for d in lane["draws"]], int(lane["offset"]), g, int(lane.get("pulled", 0)))
+            _Lane(
+                [segment(int(d)) for d in lane["draws"]],
+                int(lane["offset"]),
+                g,
+                int(lane.get("pulled", 0)),
+            )
             for g, lane in enumerate(own, start=first)
         ]
         self._next_draw = int(state["next_draw"])

@@ -7,7 +7,8 @@ its answer, `"<prompt> {key}"`. The packer shuffles them together, so batches ho
 follows from the shipped tokenizer's characters per filler token), a key position uniform in the filler and a key
 in [1, 50000), as the published generator draws them. The evaluation draws its prompts from numpy's legacy
 `RandomState(seed)` stream, so a tuned model is never evaluated on the prompts it was trained on (keys may repeat:
-there are only 50K of them; what is learned is to copy a key from context).
+there are only 50K of them; what is learned is to copy a key from context). Then come `drills` copy drills (random
+numbers written twice: `PasskeyMixConfig`), drawn from `default_rng([seed, 1, i])`.
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ from focused.evals.passkey import FILLER, build_prompt, filler
 @dataclasses.dataclass(frozen=True)
 class PasskeyMixConfig:
     """`config.data.passkey`: documents = passkey prompts added to the text documents (0 = none);
-    min_tokens / max_tokens: the range of their lengths in tokens; seed: draws the prompts."""
+    min_tokens / max_tokens: the range of their lengths in tokens; seed: draws the prompts;
+    drills = copy drills added as well (0 = none): a list of 4-24 random numbers in [1, 50000), written twice on
+    two lines, so that the second line is copied digit by digit (a small model that has never learnt to copy
+    a token sequence from its context learns it there first: see configs/passkey_fot.py)."""
 
     documents: int = 0
     min_tokens: int = 64
     max_tokens: int = 512
     seed: int = 0
+    drills: int = 0
 
     def __post_init__(self) -> None:
-        if self.documents < 0:
-            raise ValueError(f"config.data.passkey.documents must be >= 0, got {self.documents}")
+        for name in ("documents", "drills"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config.data.passkey.{name} must be >= 0, got {getattr(self, name)}")
         if not 48 <= self.min_tokens <= self.max_tokens:
             raise ValueError(
                 f"config.data.passkey needs 48 <= min_tokens <= max_tokens (a prompt without filler already has "
@@ -57,7 +63,7 @@ class PasskeyMixture(Sequence[str]):
         self.bare_tokens = len(tokenizer.encode(build_prompt(0, 0, 12345) + " 12345")) + 1  # + <bos>
 
     def __len__(self) -> int:
-        return len(self.texts) + self.config.documents
+        return len(self.texts) + self.config.documents + self.config.drills
 
     def __getitem__(self, index: int) -> str:  # type: ignore[override]
         if not -len(self) <= index < len(self):
@@ -65,7 +71,16 @@ class PasskeyMixture(Sequence[str]):
         index %= len(self)
         if index < len(self.texts):
             return self.texts[index]
-        return self.prompt(index - len(self.texts))[0]
+        index -= len(self.texts)
+        if index < self.config.documents:
+            return self.prompt(index)[0]
+        return self.drill(index - self.config.documents)
+
+    def drill(self, i: int) -> str:
+        """Copy drill `i`: the same random numbers on two lines (drawn from `default_rng([seed, 1, i])`)."""
+        rng = np.random.default_rng([self.config.seed, 1, i])
+        line = " ".join(str(n) for n in rng.integers(1, 50000, size=int(rng.integers(4, 25))))
+        return f"{line}\n{line}"
 
     def prompt(self, i: int) -> tuple[str, int]:
         """(document text = prompt and answer, key) of generated document `i`."""
@@ -82,7 +97,7 @@ def mix_passkeys(texts: Sequence[str] | Any, tokenizer: TextEncoder, section: Ma
     """`texts` with the passkey prompts of `config.data.passkey` (`section`) added, or unchanged when it asks for
     none; prompts need a random-access source."""
     config = PasskeyMixConfig.from_dict(section)
-    if not config.documents:
+    if not config.documents and not config.drills:
         return texts
     if not isinstance(texts, Sequence):
         raise ValueError("config.data.passkey mixes prompts into a random-access source: set streaming=False")

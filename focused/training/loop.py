@@ -144,6 +144,7 @@ def build_data(
         k=data.k,
         seed=data.seed,
         lane_streams=bool(data.get("lane_streams", False)),
+        align_documents=bool(data.get("align_documents", False)),
     )
     lanes = None
     if packing.lane_streams and rows is not None and rows[0] % data.k == 0 and rows[1] % data.k == 0:
@@ -266,9 +267,13 @@ def _train(
     tx = make_optimizer(cfg)
     opt_state, opt_sh = sharding.init_opt_state(tx, params, param_sh)
 
+    masked = bool(config.data.get("align_documents", False))
+
     def feed(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of the global batch, placed as `[batch, seq]` sharded over (data, fsdp)."""
         local = {k: local_rows(batch[k], row0, rows) for k in ("inputs", "targets", "loss_mask")}
+        if masked:  # aligned documents leave padding inside batches: keep it out of attention and memory
+            local["attention_mask"] = (local_rows(batch["doc_ids"], row0, rows) >= 0).astype(np.int32)
         return sharding.global_batch(local, batch_sh, config.data.batch_size)
 
     schedule = RangeSchedule(fot, config.data.k)

@@ -25,8 +25,9 @@ def token_loss(
     model: LlamaForCausalLM, batch: Batch, cross_batch: CrossBatch | None = None
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """(sum of masked cross-entropies, (counted tokens, correct argmax predictions)) for `[rows, window]` arrays
-    `inputs`, `targets`, `loss_mask`."""
-    logits = model(batch["inputs"], memory=cross_batch).logits
+    `inputs`, `targets`, `loss_mask` and, where batches hold padding between documents, `attention_mask` (0 on
+    padding: it is then no key of local attention nor of CrossBatch memory)."""
+    logits = model(batch["inputs"], attention_mask=batch.get("attention_mask"), memory=cross_batch).logits
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"].astype(jnp.float32)
     correct = ((logits.argmax(-1) == batch["targets"]) * mask).sum()

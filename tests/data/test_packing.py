@@ -50,7 +50,7 @@ def take(packer: DocumentPacker, n: int | None = None) -> list[dict[str, np.ndar
     return list(packer) if n is None else [next(packer) for _ in range(n)]
 
 
-def lane_streams(batches: list[dict[str, np.ndarray]], k: int) -> list[dict[str, np.ndarray]]:
+def lane_streams_of(batches: list[dict[str, np.ndarray]], k: int) -> list[dict[str, np.ndarray]]:
     """Re-concatenate each lane's rows across batches: inputs/targets/doc_ids/mask ``[steps * k * W]``."""
     lanes = batches[0]["inputs"].shape[0] // k
     out = []
@@ -76,7 +76,7 @@ def test_lanes_hold_consecutive_windows_of_their_stream(batch_size: int, k: int,
     assert all(b["inputs"].shape == (batch_size, window) for b in batches)
     assert batches[0]["inputs"].dtype == np.int32 and batches[0]["loss_mask"].dtype == np.float32
     seen = []
-    for lane in lane_streams(batches, k):
+    for lane in lane_streams_of(batches, k):
         real = lane["doc_ids"] >= 0
         n = int(real.sum())
         assert real[:n].all() and not real[n:].any()  # padding only at the very end
@@ -151,6 +151,50 @@ def test_state_round_trip_resumes_exactly(k: int, window: int, num_epochs: int |
                 np.testing.assert_array_equal(a[key], b[key])
         if num_epochs is not None:
             assert next(resumed, None) is None
+
+
+@pytest.mark.parametrize(("batch_size", "k", "window", "lane_streams"), [(8, 4, 16, False), (3, 1, 7, True)])
+def test_aligned_documents_start_groups_and_never_share_a_window(
+    batch_size: int, k: int, window: int, lane_streams: bool
+) -> None:
+    docs = random_docs(7 + k, 40, 3 * window)
+    config = PackingConfig(
+        batch_size=batch_size, window=window, k=k, seed=2, num_epochs=1, align_documents=True, lane_streams=lane_streams
+    )
+    packer = DocumentPacker(docs, IntTokenizer(), config)
+    batches = take(packer)
+    seen = []
+    for lane in lane_streams_of(batches, k):
+        ids = lane["doc_ids"]
+        starts = np.flatnonzero((ids >= 0) & (np.r_[-1, ids[:-1]] != ids))
+        assert (starts % (k * window) == 0).all()  # every document opens a group of k windows
+        for row in ids.reshape(-1, window):
+            assert len(set(row[row >= 0].tolist())) <= 1  # never two documents in one window
+        order = [int(d) for d in dict.fromkeys(ids.tolist()) if d >= 0]
+        for d in order:  # each document whole and in order, its padding after it
+            at = np.flatnonzero(ids == d)
+            assert (np.diff(at) == 1).all()
+            tokens = [BOS, *IntTokenizer().encode(docs[packer._order.index_of(d)]), EOS]
+            np.testing.assert_array_equal(lane["inputs"][at], tokens)
+        padding = ids < 0
+        assert (lane["inputs"][padding] == PAD).all()
+        assert not lane["loss_mask"][padding].any()  # nothing is learnt on or after padding
+        inside = np.flatnonzero(~padding[:-1] & ~padding[1:])
+        assert lane["loss_mask"][inside].all()
+        seen += order
+    assert sorted(seen) == list(range(len(docs)))
+    # resuming from a state taken mid-way gives the same batches (padding segments are in the state)
+    for cut in (1, len(batches) // 2):
+        partial = DocumentPacker(docs, IntTokenizer(), config)
+        take(partial, cut)
+        resumed = DocumentPacker(docs, IntTokenizer(), config)
+        resumed.set_state(json.loads(json.dumps(partial.get_state())))
+        for a, b in zip(batches[cut:], take(resumed), strict=True):
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+    unaligned = DocumentPacker(docs, IntTokenizer(), dataclasses.replace(config, align_documents=False))
+    with pytest.raises(ValueError, match="align_documents"):
+        unaligned.set_state(partial.get_state())
 
 
 def test_empty_documents_are_skipped() -> None:
@@ -240,7 +284,7 @@ def test_shipped_demo_end_to_end() -> None:
     docs = load_documents(DataSourceConfig(path="focused:sotu", split="all"))
     packer = DocumentPacker(docs, tok, PackingConfig(batch_size=8, window=128, k=4, seed=0))
     batches = take(packer, 30)
-    lanes = lane_streams(batches, k=4)
+    lanes = lane_streams_of(batches, k=4)
     for lane in lanes:
         text = tok.decode(lane["inputs"])
         assert text.startswith("<s>") and "</s><s>" in text

@@ -46,9 +46,25 @@ def test_training_keys_are_not_the_evaluation_draws(tok):
     assert train_keys != eval_keys and len(set(train_keys) & set(eval_keys)) <= 1
 
 
+def test_copy_drills_follow_the_prompts_and_repeat_their_numbers(tok):
+    mix = PasskeyMixture(["text"], tok, PasskeyMixConfig(documents=3, drills=40, seed=2))
+    assert len(mix) == 44 and mix[1] == mix.prompt(0)[0]
+    counts = []
+    for i in range(40):
+        first, second = mix[4 + i].split("\n")
+        numbers = [int(n) for n in first.split()]
+        assert first == second and all(1 <= n < 50000 for n in numbers)
+        counts.append(len(numbers))
+    assert min(counts) >= 4 and max(counts) <= 24 and len(set(counts)) > 5
+    assert PasskeyMixture([], tok, PasskeyMixConfig(drills=2, seed=2)).drill(1) == mix.drill(1)
+    assert PasskeyMixture([], tok, PasskeyMixConfig(drills=2, seed=3)).drill(1) != mix.drill(1)
+
+
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="documents must be >= 0"):
         PasskeyMixConfig(documents=-1)
+    with pytest.raises(ValueError, match="drills must be >= 0"):
+        PasskeyMixConfig(drills=-2)
     with pytest.raises(ValueError, match="48 <= min_tokens <= max_tokens"):
         PasskeyMixConfig(documents=1, min_tokens=600, max_tokens=512)
     with pytest.raises(ValueError, match="unknown"):
