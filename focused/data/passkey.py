@@ -8,7 +8,7 @@ follows from the shipped tokenizer's characters per filler token), a key positio
 in [1, 50000), as the published generator draws them. The evaluation draws its prompts from numpy's legacy
 `RandomState(seed)` stream, so a tuned model is never evaluated on the prompts it was trained on (keys may repeat:
 there are only 50K of them; what is learned is to copy a key from context). Then come `drills` copy drills (random
-numbers written twice: `PasskeyMixConfig`), drawn from `default_rng([seed, 1, i])`.
+words written twice: `PasskeyMixConfig`), drawn from `default_rng([seed, 1, i])`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from focused.evals.passkey import FILLER, build_prompt, filler
 class PasskeyMixConfig:
     """`config.data.passkey`: documents = passkey prompts added to the text documents (0 = none);
     min_tokens / max_tokens: the range of their lengths in tokens; seed: draws the prompts;
-    drills = copy drills added as well (0 = none): a list of 4-24 random numbers in [1, 50000), written twice on
-    two lines, so that the second line is copied digit by digit (a small model that has never learnt to copy
-    a token sequence from its context learns it there first: see configs/passkey_fot.py)."""
+    drills = copy drills added as well (0 = none): 8-40 random words of the tokenizer's vocabulary (one token
+    each), written twice on two lines, so that the second line is copied token by token (a small model that has
+    never learnt to copy from its context learns it there: see configs/passkey_fot.py). Words, not numbers: a
+    digit recurs many times in a list of numbers, so the token before it does not say which one comes next."""
 
     documents: int = 0
     min_tokens: int = 64
@@ -61,6 +62,7 @@ class PasskeyMixture(Sequence[str]):
         sample = filler(64 * (len(FILLER) + 1))
         self.chars_per_token = len(sample) / len(tokenizer.encode(sample))
         self.bare_tokens = len(tokenizer.encode(build_prompt(0, 0, 12345) + " 12345")) + 1  # + <bos>
+        self.words = drill_words(tokenizer) if config.drills else []
 
     def __len__(self) -> int:
         return len(self.texts) + self.config.documents + self.config.drills
@@ -77,9 +79,10 @@ class PasskeyMixture(Sequence[str]):
         return self.drill(index - self.config.documents)
 
     def drill(self, i: int) -> str:
-        """Copy drill `i`: the same random numbers on two lines (drawn from `default_rng([seed, 1, i])`)."""
+        """Copy drill `i`: the same random words on two lines (drawn from `default_rng([seed, 1, i])`)."""
         rng = np.random.default_rng([self.config.seed, 1, i])
-        line = " ".join(str(n) for n in rng.integers(1, 50000, size=int(rng.integers(4, 25))))
+        words = rng.choice(self.words, size=int(rng.integers(8, 41)))
+        line = "".join(words).strip()
         return f"{line}\n{line}"
 
     def prompt(self, i: int) -> tuple[str, int]:
@@ -91,6 +94,20 @@ class PasskeyMixture(Sequence[str]):
         prefix = int(rng.integers(0, n_chars + 1))
         key = int(rng.integers(1, 50000))
         return f"{build_prompt(n_chars, prefix, key)} {key}", key
+
+
+def drill_words(tokenizer: Any) -> list[str]:
+    """The tokenizer's whole-word tokens (" whale": a space and 3+ letters, one token when encoded alone)."""
+    if not hasattr(tokenizer, "decode") or not hasattr(tokenizer, "vocab_size"):
+        raise ValueError("config.data.passkey.drills needs a tokenizer with decode and vocab_size (focused.data)")
+    words = []
+    for i in range(tokenizer.vocab_size):
+        piece = tokenizer.decode([i])
+        if piece.startswith(" ") and len(piece) > 3 and piece[1:].isalpha() and tokenizer.encode(piece) == [i]:
+            words.append(piece)
+    if len(words) < 100:
+        raise ValueError(f"config.data.passkey.drills: the tokenizer has only {len(words)} whole-word tokens")
+    return words
 
 
 def mix_passkeys(texts: Sequence[str] | Any, tokenizer: TextEncoder, section: Mapping[str, Any]) -> Any:

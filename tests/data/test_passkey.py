@@ -46,16 +46,18 @@ def test_training_keys_are_not_the_evaluation_draws(tok):
     assert train_keys != eval_keys and len(set(train_keys) & set(eval_keys)) <= 1
 
 
-def test_copy_drills_follow_the_prompts_and_repeat_their_numbers(tok):
+def test_copy_drills_follow_the_prompts_and_repeat_their_words(tok):
     mix = PasskeyMixture(["text"], tok, PasskeyMixConfig(documents=3, drills=40, seed=2))
     assert len(mix) == 44 and mix[1] == mix.prompt(0)[0]
     counts = []
     for i in range(40):
         first, second = mix[4 + i].split("\n")
-        numbers = [int(n) for n in first.split()]
-        assert first == second and all(1 <= n < 50000 for n in numbers)
-        counts.append(len(numbers))
-    assert min(counts) >= 4 and max(counts) <= 24 and len(set(counts)) > 5
+        words = first.split()
+        assert first == second and all(f" {w}" in mix.words for w in words)
+        assert len(tok.encode(" " + first)) == len(words)  # one token a word: each is copied by one lookup
+        counts.append(len(words))
+    assert min(counts) >= 8 and max(counts) <= 40 and len(set(counts)) > 10
+    assert len(mix.words) > 1000 and all(len(tok.encode(w)) == 1 for w in mix.words[:50])
     assert PasskeyMixture([], tok, PasskeyMixConfig(drills=2, seed=2)).drill(1) == mix.drill(1)
     assert PasskeyMixture([], tok, PasskeyMixConfig(drills=2, seed=3)).drill(1) != mix.drill(1)
 
