@@ -12,8 +12,10 @@ Training (each resumable: rerunning the command continues where it stopped), on 
     lm_plain     configs/lm_plain.py     from lm_base: plain, window 256 (same token budget)
     lm_pi        configs/lm_pi.py        from lm_base: linear position interpolation, local context 1024
     lm_yarn      configs/lm_yarn.py      from lm_base: YaRN, local context 1024
-    passkey_fot  configs/passkey_fot.py  from lm_fot: text mixed with passkey prompts of 48-512 tokens (<= 2 windows)
-    passkey_pi   configs/passkey_pi.py   from lm_pi: the same data and budget at its 1024-token context
+    passkey_copy     configs/passkey_copy.py     from lm_fot: text mixed with copy drills (random words twice)
+    passkey_fot      configs/passkey_fot.py      from it: passkey prompts of 48-512 tokens (<= 2 windows)
+    passkey_pi_copy  configs/passkey_pi_copy.py  from lm_pi: the same two stages, data and budgets at its
+    passkey_pi       configs/passkey_pi.py       1024-token context
 
 Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
 
@@ -44,8 +46,10 @@ RUNS = {
     "lm_plain": "lm_base",
     "lm_pi": "lm_base",
     "lm_yarn": "lm_base",
-    "passkey_fot": "lm_fot",
-    "passkey_pi": "lm_pi",
+    "passkey_copy": "lm_fot",
+    "passkey_fot": "passkey_copy",
+    "passkey_pi_copy": "lm_pi",
+    "passkey_pi": "passkey_pi_copy",
 }
 PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
 PASSKEY_MODELS = ("passkey_fot", "passkey_pi")

@@ -54,5 +54,13 @@ def test_a_fresh_run_refuses_at_once_to_replace_shipped_models_and_results(tmp_p
 def test_an_evaluation_needs_only_its_runs_and_their_parents():
     script = runpy.run_path(str(SCRIPT))
     assert script["needed_runs"]("perplexity") == ["lm_base", "lm_fot", "lm_plain", "lm_pi", "lm_yarn"]
-    assert script["needed_runs"]("passkey") == ["lm_base", "lm_fot", "lm_pi", "passkey_fot", "passkey_pi"]
+    assert script["needed_runs"]("passkey") == [
+        "lm_base",
+        "lm_fot",
+        "lm_pi",
+        "passkey_copy",
+        "passkey_fot",
+        "passkey_pi_copy",
+        "passkey_pi",
+    ]
     assert script["needed_runs"]("") == list(script["RUNS"])
