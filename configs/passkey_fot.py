@@ -41,7 +41,7 @@ def passkey_tuning(config: ml_collections.ConfigDict, workdir: str, init_from: s
 
 def get_config() -> ml_collections.ConfigDict:
     config = runpy.run_path(os.path.join(os.path.dirname(__file__), "lm_fot.py"))["get_config"]()
-    config = passkey_tuning(config, "runs/passkey_fot", "runs/passkey_copy_more")
+    config = passkey_tuning(config, "runs/passkey_fot", "runs/passkey_copy_digits")
     config.data.batch_size = 16  # 8 groups of 2 windows of 256
     config.data.k = 2
     config.fot.cross_batch_range = 1

@@ -16,6 +16,6 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = runpy.run_path(os.path.join(os.path.dirname(__file__), "lm_pi.py"))["get_config"]()
     tuning = runpy.run_path(os.path.join(os.path.dirname(__file__), "passkey_fot.py"))["passkey_tuning"]
-    config = tuning(config, "runs/passkey_pi", "runs/passkey_pi_copy_more")
+    config = tuning(config, "runs/passkey_pi", "runs/passkey_pi_copy_digits")
     config.data.batch_size = 4
     return config

@@ -12,12 +12,14 @@ Training (each resumable: rerunning the command continues where it stopped), on 
     lm_plain     configs/lm_plain.py     from lm_base: plain, window 256 (same token budget)
     lm_pi        configs/lm_pi.py        from lm_base: linear position interpolation, local context 1024
     lm_yarn      configs/lm_yarn.py      from lm_base: YaRN, local context 1024
-    passkey_copy          configs/passkey_copy.py          from lm_fot: text mixed with copy drills (random words
-    passkey_copy_more     configs/passkey_copy_more.py     written twice), two rounds of 1000 steps
-    passkey_fot           configs/passkey_fot.py           from it: passkey prompts of 48-512 tokens (<= 2 windows)
-    passkey_pi_copy       configs/passkey_pi_copy.py       from lm_pi: the same stages, data and budgets at its
-    passkey_pi_copy_more  configs/passkey_pi_copy_more.py  1024-token context
-    passkey_pi            configs/passkey_pi.py
+    passkey_copy            from lm_fot: text mixed with copy drills (random words written twice), 1000 steps
+    passkey_copy_more       from it: 1000 more steps of the same
+    passkey_copy_digits     from it: drills with a number among the words, 400 steps
+    passkey_fot             from it: passkey prompts of 48-512 tokens (<= 2 windows), documents aligned
+    passkey_pi_copy         from lm_pi: the same four stages, data and budgets at its 1024-token context
+    passkey_pi_copy_more
+    passkey_pi_copy_digits
+    passkey_pi              (each run <name> is configs/<name>.py)
 
 Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
 
@@ -50,10 +52,12 @@ RUNS = {
     "lm_yarn": "lm_base",
     "passkey_copy": "lm_fot",
     "passkey_copy_more": "passkey_copy",
-    "passkey_fot": "passkey_copy_more",
+    "passkey_copy_digits": "passkey_copy_more",
+    "passkey_fot": "passkey_copy_digits",
     "passkey_pi_copy": "lm_pi",
     "passkey_pi_copy_more": "passkey_pi_copy",
-    "passkey_pi": "passkey_pi_copy_more",
+    "passkey_pi_copy_digits": "passkey_pi_copy_more",
+    "passkey_pi": "passkey_pi_copy_digits",
 }
 PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
 PASSKEY_MODELS = ("passkey_fot", "passkey_pi")

@@ -31,16 +31,19 @@ class PasskeyMixConfig:
     drills = copy drills added as well (0 = none): 8-40 random words of the tokenizer's vocabulary (one token
     each), written twice on two lines, so that the second line is copied token by token (a small model that has
     never learnt to copy from its context learns it there: see configs/passkey_fot.py). Words, not numbers: a
-    digit recurs many times in a list of numbers, so the token before it does not say which one comes next."""
+    digit recurs many times in a list of numbers, so the token before it does not say which one comes next.
+    drill_numbers = random numbers in [1, 50000) put among a drill's words (at random places): a pass key to copy
+    among words, so that digit tokens, rare in the demo text, are learnt apart."""
 
     documents: int = 0
     min_tokens: int = 64
     max_tokens: int = 512
     seed: int = 0
     drills: int = 0
+    drill_numbers: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("documents", "drills"):
+        for name in ("documents", "drills", "drill_numbers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config.data.passkey.{name} must be >= 0, got {getattr(self, name)}")
         if not 48 <= self.min_tokens <= self.max_tokens:
@@ -81,7 +84,9 @@ class PasskeyMixture(Sequence[str]):
     def drill(self, i: int) -> str:
         """Copy drill `i`: the same random words on two lines (drawn from `default_rng([seed, 1, i])`)."""
         rng = np.random.default_rng([self.config.seed, 1, i])
-        words = rng.choice(self.words, size=int(rng.integers(8, 41)))
+        words = list(rng.choice(self.words, size=int(rng.integers(8, 41))))
+        for _ in range(self.config.drill_numbers):
+            words.insert(int(rng.integers(0, len(words) + 1)), f" {int(rng.integers(1, 50000))}")
         line = "".join(words).strip()
         return f"{line}\n{line}"
 

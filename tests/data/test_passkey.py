@@ -60,6 +60,12 @@ def test_copy_drills_follow_the_prompts_and_repeat_their_words(tok):
     assert len(mix.words) > 1000 and all(len(tok.encode(w)) == 1 for w in mix.words[:50])
     assert PasskeyMixture([], tok, PasskeyMixConfig(drills=2, seed=2)).drill(1) == mix.drill(1)
     assert PasskeyMixture([], tok, PasskeyMixConfig(drills=2, seed=3)).drill(1) != mix.drill(1)
+    with_numbers = PasskeyMixture([], tok, PasskeyMixConfig(drills=40, drill_numbers=1, seed=2))
+    for i in range(40):
+        first, second = with_numbers.drill(i).split("\n")
+        numbers = [int(w) for w in first.split() if w.isdigit()]
+        assert first == second and len(numbers) == 1 and 1 <= numbers[0] < 50000
+        assert [w for w in first.split() if not w.isdigit()] == mix.drill(i).split("\n")[0].split()  # same words
 
 
 def test_bad_settings_are_one_line_errors():
@@ -67,6 +73,8 @@ def test_bad_settings_are_one_line_errors():
         PasskeyMixConfig(documents=-1)
     with pytest.raises(ValueError, match="drills must be >= 0"):
         PasskeyMixConfig(drills=-2)
+    with pytest.raises(ValueError, match="drill_numbers must be >= 0"):
+        PasskeyMixConfig(drill_numbers=-1)
     with pytest.raises(ValueError, match="48 <= min_tokens <= max_tokens"):
         PasskeyMixConfig(documents=1, min_tokens=600, max_tokens=512)
     with pytest.raises(ValueError, match="unknown"):

@@ -60,9 +60,11 @@ def test_an_evaluation_needs_only_its_runs_and_their_parents():
         "lm_pi",
         "passkey_copy",
         "passkey_copy_more",
+        "passkey_copy_digits",
         "passkey_fot",
         "passkey_pi_copy",
         "passkey_pi_copy_more",
+        "passkey_pi_copy_digits",
         "passkey_pi",
     ]
     assert script["needed_runs"]("") == list(script["RUNS"])
