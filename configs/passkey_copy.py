@@ -15,17 +15,22 @@ import runpy
 import ml_collections
 
 
-def copy_stage(config: ml_collections.ConfigDict, workdir: str, init_from: str) -> ml_collections.ConfigDict:
-    """The copy-drill data and budget, shared with the PI baseline (configs/passkey_pi_copy.py)."""
+def stage(config: ml_collections.ConfigDict, workdir: str, init_from: str, steps: int) -> ml_collections.ConfigDict:
+    """Where a passkey-tuning stage runs, what it starts from, and its schedule (peak LR 2e-3, warmup 30)."""
     config.workdir, config.init_from = workdir, init_from
-    config.data.passkey.drills = 50000
-    config.data.batch_size = 16
-    config.train.steps = 1000
+    config.train.steps = steps
     config.train.learning_rate = 2e-3
     config.train.warmup_steps = 30
     config.train.save_every = 100
     config.train.eval_every = 0
     return config
+
+
+def copy_stage(config: ml_collections.ConfigDict, workdir: str, init_from: str) -> ml_collections.ConfigDict:
+    """The copy-drill data and budget, shared with the PI baseline (configs/passkey_pi_copy.py)."""
+    config.data.passkey.drills = 50000
+    config.data.batch_size = 16
+    return stage(config, workdir, init_from, 1000)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -24,19 +24,14 @@ import ml_collections
 
 def passkey_tuning(config: ml_collections.ConfigDict, workdir: str, init_from: str) -> ml_collections.ConfigDict:
     """The passkey data and budget shared with the PI baseline (configs/passkey_pi.py)."""
-    config.workdir, config.init_from = workdir, init_from
     config.data.passkey.documents = 20000
     config.data.passkey.min_tokens = 48
     config.data.passkey.max_tokens = 512
     config.data.passkey.seed = 0
     config.data.passkey.drills = 5000
     config.data.align_documents = True
-    config.train.steps = 600
-    config.train.learning_rate = 2e-3
-    config.train.warmup_steps = 30
-    config.train.save_every = 100
-    config.train.eval_every = 0
-    return config
+    stage = runpy.run_path(os.path.join(os.path.dirname(__file__), "passkey_copy.py"))["stage"]
+    return stage(config, workdir, init_from, 600)
 
 
 def get_config() -> ml_collections.ConfigDict:
