@@ -1,12 +1,9 @@
 """Data pipeline: document sources (HF ``datasets``), tokenizers, and document-aware CrossBatch packing."""
 
 from focused.data.packing import (
-    Batch,
     DocumentPacker,
     PackingConfig,
     TextEncoder,
-    eval_windows,
-    split_microbatches,
 )
 from focused.data.sources import (
     DEMO_SOURCES,
@@ -20,6 +17,7 @@ from focused.data.sources import (
     wrap_dataset,
 )
 from focused.data.tokenizer import Tokenizer, load_tokenizer
+from focused.data.windows import Batch, eval_windows, split_microbatches
 
 __all__ = [
     "DEMO_SOURCES",

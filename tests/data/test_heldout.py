@@ -8,7 +8,7 @@ import pytest
 
 from focused.config import load_config
 from focused.data import DataSourceConfig, load_documents, load_tokenizer
-from focused.training.loop import build_data
+from focused.training.setup import build_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SPAN = 24  # tokens: long enough that two different passages never share one by chance

@@ -1,4 +1,4 @@
-"""Tests for focused.data.packing: document-aware k-packing, resumable state, micro-batches, eval windows."""
+"""Tests for focused.data.packing: document-aware k-packing, resumable state."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ from focused.data import (
     DataSourceConfig,
     DocumentPacker,
     PackingConfig,
-    eval_windows,
     load_documents,
     load_tokenizer,
-    split_microbatches,
 )
 
 BOS, EOS, PAD = 1, 2, 0
@@ -204,44 +202,6 @@ def test_empty_documents_are_skipped() -> None:
     inputs = np.concatenate([b["inputs"][0] for b in batches])
     assert sorted(inputs[inputs > 2].tolist()) == [5, 6, 7, 8, 9]
     assert (inputs == BOS).sum() == 2
-
-
-def test_split_microbatches_keeps_groups_whole() -> None:
-    docs = random_docs(6, 40, 100)
-    batch = next(DocumentPacker(docs, IntTokenizer(), PackingConfig(batch_size=16, window=8, k=4, seed=6)))
-    micro = split_microbatches(batch, accum_steps=2, k=4)
-    assert micro["inputs"].shape == (2, 8, 8) and micro["loss_mask"].shape == (2, 8, 8)
-    for m in range(2):
-        for g in range(2):
-            rows = micro["targets"][m, g * 4 : g * 4 + 3, -1], micro["inputs"][m, g * 4 + 1 : g * 4 + 4, 0]
-            np.testing.assert_array_equal(*rows)  # each group's windows stay consecutive and together
-    np.testing.assert_array_equal(micro["doc_ids"].reshape(16, 8), batch["doc_ids"])
-    assert split_microbatches(batch, accum_steps=4, k=4)["inputs"].shape == (4, 4, 8)
-    with pytest.raises(ValueError, match="whole k=4 groups"):
-        split_microbatches(batch, accum_steps=8, k=4)
-    with pytest.raises(ValueError, match="whole k=4 groups"):
-        split_microbatches(batch, accum_steps=3, k=4)
-    with pytest.raises(ValueError, match="disagree"):
-        split_microbatches({"a": np.zeros((4, 2)), "b": np.zeros((2, 2))}, accum_steps=2, k=1)
-    with pytest.raises(ValueError, match="must be positive"):
-        split_microbatches(batch, accum_steps=0, k=4)
-
-
-def test_eval_windows() -> None:
-    rng = np.random.default_rng(7)
-    for length, window in [(100, 7), (29, 4), (2, 5), (65, 8)]:
-        tokens = rng.integers(3, 999, size=length)
-        out = eval_windows(tokens, window, pad_id=PAD)
-        n = -(-(length - 1) // window)
-        assert out["inputs"].shape == out["targets"].shape == out["loss_mask"].shape == (n, window)
-        mask = out["loss_mask"].reshape(-1).astype(bool)
-        assert mask.sum() == length - 1 and mask[: length - 1].all()
-        np.testing.assert_array_equal(out["inputs"].reshape(-1)[:length], np.resize(tokens, n * window)[:length])
-        np.testing.assert_array_equal(out["targets"].reshape(-1)[mask], tokens[1:])
-    with pytest.raises(ValueError, match="at least 2 tokens"):
-        eval_windows([5], 4)
-    with pytest.raises(ValueError, match="window must be positive"):
-        eval_windows([5, 6, 7], 0)
 
 
 def test_config_errors() -> None:

@@ -19,7 +19,8 @@ from focused.data.synthetic import (
     make_document,
     save_task,
 )
-from focused.training.loop import build_data, train
+from focused.training.loop import train
+from focused.training.setup import build_data
 
 TASK = DictionaryTaskConfig()  # the default layout: 3-letter keys over 256 letters, 1 value of 64, pages of 64
 PAPER = DictionaryTaskConfig(
