@@ -1,4 +1,4 @@
-"""Stage 3 of the PI baseline's passkey tuning: configs/passkey_fot_long.py's prompts of 256-512 tokens (seed 1), 600
+"""Stage 3 of the PI baseline's passkey tuning: configs/passkey_fot_long.py's prompts of 256-2048 tokens (seed 1), 600
 steps from runs/passkey_pi, at its 1024-token context.
 
     python train.py --config configs/passkey_pi_long.py

@@ -10,6 +10,10 @@ flow through the extra keys and values; then the same `memory_attention` core as
 Stepping (`stepping=True`, LongLLaMA-3B with k = 4, r = 3): row i uses
     c(i) = min((i mod k) * ceil((r + 1) / max(k - 1, 1)) + 1,  r + 1,  i + 1)
 contexts, giving (positives, negatives) = (0,0), (1,1), (2,1), (3,0) per group of four rows.
+
+Without distractors (`distractors=False`) a row sees only the visible rows of its own group: its document's
+earlier windows, up to r of them (the paper's d = 1 at any range). For tasks whose documents look alike but for
+what must be recalled (passkey prompts), another document's window is no distractor but a contradiction.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ class CrossBatch:
     range: r, how many previous rows a row may see (d = 1 + r contexts in the paper's notation); 0 = none.
     group: k, consecutive rows holding consecutive windows of one document.
     stepping: use the stepped number of contexts per row (see module docstring) instead of min(r + 1, i + 1).
+    distractors: False = rows of other groups (other documents) are never seen; only positives remain.
     """
 
     range: int
     group: int = 1
     stepping: bool = False
+    distractors: bool = True
 
     def __post_init__(self) -> None:
         if self.range < 0 or self.group < 1:
@@ -54,7 +60,11 @@ class CrossBatch:
     def visible(self, batch: int) -> np.ndarray:
         """`[batch, range]` bool: entry (i, j) says whether row i sees row i-1-j."""
         offsets = np.arange(1, self.range + 1)
-        return offsets[None, :] < self.contexts(batch)[:, None]
+        seen = offsets[None, :] < self.contexts(batch)[:, None]
+        if not self.distractors:
+            rows = np.arange(batch)[:, None]
+            seen &= (rows - offsets[None, :]) // self.group == rows // self.group
+        return seen
 
     def memory(self, keys: jax.Array, values: jax.Array, key_valid: jax.Array) -> MemoryBlock:
         """The MemoryBlock of every row from the layer's own window keys/values.

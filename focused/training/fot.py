@@ -24,6 +24,7 @@ class FotConfig:
 
     cross_batch_range: r, earlier rows a memory layer sees (after the switch, if any); 0 = plain training.
     cross_batch_stepping: LongLLaMA's stepped number of contexts per row (DESIGN §4).
+    cross_batch_distractors: False = a memory layer sees only its own document's earlier windows (no negatives).
     initial_range: r before the switch; -1 = cross_batch_range from the start (no curriculum).
     switch_step: switch to cross_batch_range at this step; -1 = not by step.
     switch_accuracy: switch once the logged train accuracy reaches this; -1 = not by accuracy.
@@ -32,6 +33,7 @@ class FotConfig:
 
     cross_batch_range: int = 0
     cross_batch_stepping: bool = False
+    cross_batch_distractors: bool = True
     initial_range: int = -1
     switch_step: int = -1
     switch_accuracy: float = -1.0
@@ -59,7 +61,10 @@ class RangeSchedule:
         self.switched = cfg.initial_range < 0
 
     def _spec(self, r: int) -> CrossBatch | None:
-        return CrossBatch(range=r, group=self.group, stepping=self.cfg.cross_batch_stepping) if r > 0 else None
+        if r == 0:
+            return None
+        cfg = self.cfg
+        return CrossBatch(r, self.group, stepping=cfg.cross_batch_stepping, distractors=cfg.cross_batch_distractors)
 
     @property
     def range(self) -> int:

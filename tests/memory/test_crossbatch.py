@@ -12,17 +12,23 @@ from tests.memory.test_dense import build, tiny_config
 from tests.reference import forward_long_reference, params_numpy
 
 
-@pytest.mark.parametrize(("r", "k", "stepping"), [(3, 1, False), (3, 4, True), (2, 2, False)])
-def test_row_equals_dense_memory_over_the_rows_it_sees(r, k, stepping):
+@pytest.mark.parametrize(
+    ("r", "k", "stepping", "distractors"),
+    [(3, 1, False, True), (3, 4, True, True), (2, 2, False, True), (3, 4, False, False), (5, 4, True, False)],
+)
+def test_row_equals_dense_memory_over_the_rows_it_sees(r, k, stepping, distractors):
     """Row i under CrossBatch == the inference path (dense memory) run over rows i-c+1 … i as windows."""
     config = tiny_config(mem_layers=(1,))  # one memory layer: earlier rows' keys depend only on their own tokens
     model = build(config, seed=21)
     batch, window = 8, config.max_position_embeddings
     ids = np.random.default_rng(22).integers(0, config.vocab_size, size=(batch, window))
-    cross = CrossBatch(range=r, group=k, stepping=stepping)
+    cross = CrossBatch(range=r, group=k, stepping=stepping, distractors=distractors)
     logits = np.asarray(model(jnp.asarray(ids), memory=cross).logits)
     p = params_numpy(model)
-    for i, c in enumerate(cross.contexts(batch)):
+    seen = 1 + cross.visible(batch).sum(axis=1)  # the visible rows are always the nearest ones
+    if distractors:
+        np.testing.assert_array_equal(seen, cross.contexts(batch))
+    for i, c in enumerate(seen):
         rows = ids[i - c + 1 : i + 1].reshape(1, -1)  # the visible rows, oldest first, as consecutive windows
         inference, _ = forward_long(model, rows)
         np.testing.assert_allclose(logits[i], np.asarray(inference[0, -window:]), atol=2e-5, rtol=0)
@@ -56,6 +62,15 @@ def test_stepping_positives_and_negatives_for_longllama_3b():
     assert counts[:4] == [(0, 0), (1, 0), (2, 0), (3, 0)]  # the first group has no earlier rows to wrap into
     assert counts[4:8] == counts[8:12] == [(0, 0), (1, 1), (2, 1), (3, 0)]
     assert cross.contexts(12).max() == 4  # an 8k differentiable context at W = 2048
+
+
+def test_without_distractors_a_row_sees_only_its_own_documents_earlier_windows():
+    for r, k, stepping in [(7, 8, False), (3, 4, True), (5, 2, False), (2, 4, False)]:
+        cross = CrossBatch(range=r, group=k, stepping=stepping, distractors=False)
+        counts = positives_negatives(cross, 3 * k)
+        with_distractors = positives_negatives(CrossBatch(range=r, group=k, stepping=stepping), 3 * k)
+        assert counts == [(pos, 0) for pos, _ in with_distractors]  # the same positives, no negatives
+    assert positives_negatives(CrossBatch(7, 8, distractors=False), 16)[8:] == [(j, 0) for j in range(8)]
 
 
 def test_contexts_without_stepping_and_range_zero():
