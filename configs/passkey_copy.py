@@ -26,13 +26,8 @@ def stage(config: ml_collections.ConfigDict, workdir: str, init_from: str, steps
     return config
 
 
-def copy_stage(config: ml_collections.ConfigDict, workdir: str, init_from: str) -> ml_collections.ConfigDict:
-    """The copy-drill data and budget, shared with the PI baseline (configs/passkey_pi_copy.py)."""
-    config.data.passkey.drills = 50000
-    config.data.batch_size = 16
-    return stage(config, workdir, init_from, 1000)
-
-
 def get_config() -> ml_collections.ConfigDict:
     config = runpy.run_path(os.path.join(os.path.dirname(__file__), "lm_fot.py"))["get_config"]()
-    return copy_stage(config, "runs/passkey_copy", "runs/lm_fot")
+    config.data.passkey.drills = 50000
+    config.data.batch_size = 16
+    return stage(config, "runs/passkey_copy", "runs/lm_fot", 1000)

@@ -13,14 +13,9 @@ import runpy
 import ml_collections
 
 
-def with_numbers(config: ml_collections.ConfigDict, workdir: str, init_from: str) -> ml_collections.ConfigDict:
-    """Stage 1c from a stage 1b config (shared with the PI baseline, configs/passkey_pi_copy_digits.py)."""
-    config.workdir, config.init_from = workdir, init_from
+def get_config() -> ml_collections.ConfigDict:
+    config = runpy.run_path(os.path.join(os.path.dirname(__file__), "passkey_copy_more.py"))["get_config"]()
+    config.workdir, config.init_from = "runs/passkey_copy_digits", "runs/passkey_copy_more"
     config.data.passkey.drill_numbers = 1
     config.train.steps = 400
     return config
-
-
-def get_config() -> ml_collections.ConfigDict:
-    config = runpy.run_path(os.path.join(os.path.dirname(__file__), "passkey_copy_more.py"))["get_config"]()
-    return with_numbers(config, "runs/passkey_copy_digits", "runs/passkey_copy_more")

@@ -16,12 +16,9 @@ Training (each resumable: rerunning the command continues where it stopped), on 
     passkey_copy_more       from it: 1000 more steps of the same
     passkey_copy_digits     from it: drills with a number among the words, 400 steps
     passkey_fot             from it: passkey prompts of 48-512 tokens (<= 2 windows), documents aligned
-    passkey_fot_long        from it: prompts of 256-512 tokens (the key in memory for about half of them)
-    passkey_pi_copy         from lm_pi: the same five stages, data and budgets at its 1024-token context
-    passkey_pi_copy_more
-    passkey_pi_copy_digits
-    passkey_pi
-    passkey_pi_long         (each run <name> is configs/<name>.py)
+    passkey_fot_long        from it: prompts of 256-2048 tokens (<= 8 windows), memory of the prompt's own windows
+    passkey_pi              from passkey_copy_digits: PI to a 1024-token context, passkey_fot's data and budget
+    passkey_pi_long         from it: passkey_fot_long's data and budget (each run <name> is configs/<name>.py)
 
 Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
 
@@ -57,10 +54,7 @@ RUNS = {
     "passkey_copy_digits": "passkey_copy_more",
     "passkey_fot": "passkey_copy_digits",
     "passkey_fot_long": "passkey_fot",
-    "passkey_pi_copy": "lm_pi",
-    "passkey_pi_copy_more": "passkey_pi_copy",
-    "passkey_pi_copy_digits": "passkey_pi_copy_more",
-    "passkey_pi": "passkey_pi_copy_digits",
+    "passkey_pi": "passkey_copy_digits",
     "passkey_pi_long": "passkey_pi",
 }
 PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
@@ -93,7 +87,7 @@ PASSKEY = (
 SMOKE_TRAIN = (
     "--config.model.hidden_size=32",
     "--config.model.intermediate_size=64",
-    "--config.model.num_hidden_layers=3",
+    "--config.model.num_hidden_layers=4",  # passkey_fot reads memory in layers 1-3
     "--config.train.steps=3",
     "--config.train.warmup_steps=1",
     "--config.train.log_every=1",

@@ -57,15 +57,11 @@ def test_an_evaluation_needs_only_its_runs_and_their_parents():
     assert script["needed_runs"]("passkey") == [
         "lm_base",
         "lm_fot",
-        "lm_pi",
         "passkey_copy",
         "passkey_copy_more",
         "passkey_copy_digits",
         "passkey_fot",
         "passkey_fot_long",
-        "passkey_pi_copy",
-        "passkey_pi_copy_more",
-        "passkey_pi_copy_digits",
         "passkey_pi",
         "passkey_pi_long",
     ]
