@@ -16,16 +16,15 @@ Training (each resumable: rerunning the command continues where it stopped), on 
     passkey_copy_more       from it: 1000 more steps of the same
     passkey_copy_digits     from it: drills with a number among the words, 400 steps
     passkey_fot             from it: passkey prompts of 48-512 tokens (<= 2 windows), documents aligned
-    passkey_fot_long        from it: prompts of 256-2048 tokens (<= 8 windows), memory of the prompt's own windows
     passkey_pi              from passkey_copy_digits: PI to a 1024-token context, passkey_fot's data and budget
-    passkey_pi_long         from it: passkey_fot_long's data and budget (each run <name> is configs/<name>.py)
+                            (each run <name> is configs/<name>.py)
 
 Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer). Then:
 
 - perplexity (configs/eval_perplexity.py) of lm_fot, lm_plain, lm_pi and lm_yarn on the held-out documents with
   memory of 0 … 64 windows of 256 tokens, each document alone (<out>/perplexity), and 0 … 16 windows with 3
   distractor documents interleaved (<out>/perplexity_distractors);
-- passkey retrieval (configs/eval_passkey.py) of passkey_fot_long and passkey_pi_long from 1K to 256K tokens, evaluation
+- passkey retrieval (configs/eval_passkey.py) of passkey_fot and passkey_pi from 1K to 256K tokens, evaluation
   seeds 1000.. (the training prompts come from another generator; focused.data.passkey) (<out>/passkey).
 
 Shipped models and results are never overwritten unless asked: a fresh run refuses at once unless given
@@ -53,12 +52,10 @@ RUNS = {
     "passkey_copy_more": "passkey_copy",
     "passkey_copy_digits": "passkey_copy_more",
     "passkey_fot": "passkey_copy_digits",
-    "passkey_fot_long": "passkey_fot",
     "passkey_pi": "passkey_copy_digits",
-    "passkey_pi_long": "passkey_pi",
 }
 PERPLEXITY_MODELS = ("lm_fot", "lm_plain", "lm_pi", "lm_yarn")
-PASSKEY_MODELS = ("passkey_fot_long", "passkey_pi_long")
+PASSKEY_MODELS = ("passkey_fot", "passkey_pi")
 EXPORTED = (*PERPLEXITY_MODELS, *PASSKEY_MODELS)
 WINDOW = 256  # the base model's window: the unit of memory sizes for every model
 PERPLEXITY = (

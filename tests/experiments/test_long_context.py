@@ -61,8 +61,6 @@ def test_an_evaluation_needs_only_its_runs_and_their_parents():
         "passkey_copy_more",
         "passkey_copy_digits",
         "passkey_fot",
-        "passkey_fot_long",
         "passkey_pi",
-        "passkey_pi_long",
     ]
     assert script["needed_runs"]("") == list(script["RUNS"])

@@ -1,6 +1,6 @@
-"""The perplexity models of the long-context experiment shipped in models/ reproduce the numbers stored in
-results/perplexity at small settings (the same documents and scored tokens), and fit the repository's budget (<= 15 MB
-each, <= 40 MB for all shipped models). (The passkey models are not shipped yet: see README "Results".)"""
+"""The models of the long-context experiment shipped in models/ reproduce the numbers stored in results/ at small
+settings (perplexity: the same documents and scored tokens; passkey: the same greedy answers at the shortest length),
+and fit the repository's budget (<= 15 MB each, <= 40 MB for all shipped models)."""
 
 import json
 import runpy
@@ -11,7 +11,9 @@ import pytest
 
 from focused.convert import import_hf
 from focused.data import DataSourceConfig, load_documents, load_tokenizer
+from focused.evals.passkey import PasskeyConfig, run_passkey
 from focused.evals.perplexity import document_spans, stream_nll, streams
+from focused.evals.runner import Checkpoint
 from focused.memory.backends import MemoryConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +26,7 @@ def shipped_size(name: str) -> int:
 
 def test_shipped_models_fit_the_repository_budget():
     script = runpy.run_path(str(SCRIPT))
-    sizes = {name: shipped_size(name) for name in script["PERPLEXITY_MODELS"]}
+    sizes = {name: shipped_size(name) for name in script["EXPORTED"]}
     assert max(sizes.values()) <= 15 * 2**20, sizes
     everything = sum(f.stat().st_size for f in (ROOT / "models").rglob("*") if f.is_file())
     assert everything <= 40 * 2**20, everything
@@ -52,3 +54,16 @@ def test_a_shipped_perplexity_model_reproduces_its_stored_numbers(label):
         loss, count = stream_nll(model, inputs, labels, weights, memory, MemoryConfig(), window, local)
         assert int(count.sum()) == point["scored_tokens"]
         np.testing.assert_allclose(np.exp(loss.sum() / count.sum()), point["ppl"], rtol=2e-4)
+
+
+@pytest.mark.parametrize("label", ["fot", "pi"])
+def test_a_shipped_passkey_model_reproduces_its_stored_answers(label):
+    """The first trials of the shortest length, generated again with the stored eval settings: the same tokens."""
+    report = json.loads((ROOT / "results" / "passkey" / "results.json").read_text())
+    series = next(s for s in report["series"] if s["label"] == label)
+    point = series["details"][0]
+    settings = {**report["config"]["passkey"], "lengths": (point["length"],), "trials": 4}
+    model, tokenizer = Checkpoint(path=str(ROOT / "models" / f"passkey_{label}"), label=label).load()
+    (got,) = run_passkey(model, tokenizer, PasskeyConfig.from_dict(settings), MemoryConfig.from_dict(report["config"]["memory"]))
+    assert [t["seed"] for t in got["trials"]] == [t["seed"] for t in point["trials"][:4]]
+    assert [t["output"] for t in got["trials"]] == [t["output"] for t in point["trials"][:4]]
