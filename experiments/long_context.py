@@ -24,7 +24,7 @@ Each finished run is exported to <models>/<name> (bfloat16, with its tokenizer).
 - perplexity (configs/eval_perplexity.py) of lm_fot, lm_plain, lm_pi and lm_yarn on the held-out documents with
   memory of 0 … 64 windows of 256 tokens, each document alone (<out>/perplexity), and 0 … 16 windows with 3
   distractor documents interleaved (<out>/perplexity_distractors);
-- passkey retrieval (configs/eval_passkey.py) of passkey_fot and passkey_pi from 1K to 256K tokens, evaluation
+- passkey retrieval (configs/eval_passkey.py) of passkey_fot and passkey_pi from 256 to 256K tokens, evaluation
   seeds 1000.. (the training prompts come from another generator; focused.data.passkey) (<out>/passkey).
 
 Shipped models and results are never overwritten unless asked: a fresh run refuses at once unless given
@@ -77,7 +77,7 @@ SETTINGS = {
     ),
 }
 PASSKEY = (
-    "--config.passkey.lengths=(1024,2048,4096,8192,16384,32768,65536,131072,262144)",
+    "--config.passkey.lengths=(256,512,1024,2048,4096,8192,16384,32768,65536,131072,262144)",
     "--config.passkey.trials=10",
     "--config.passkey.seed=1000",
 )
