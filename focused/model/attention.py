@@ -90,14 +90,14 @@ class Attention(nnx.Module):
             q, k = apply_rope(q, rope.q_cos, rope.q_sin), apply_rope(k, rope.k_cos, rope.k_sin)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
+        # reading a store's memory (inference) may use another kernel than training and plain attention
+        impl = cfg.memory_read_impl if isinstance(memory, MemoryBlock) else cfg.attention_impl
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
             memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
-        out = memory_attention(
-            q, k, v, local_mask, memory, query_chunk=chunk, impl=cfg.attention_impl, kv_chunk=cfg.attention_chunk
-        )
+        out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk, impl=impl, kv_chunk=cfg.attention_chunk)
         return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
 
     def raw_kv(self, x: jax.Array) -> WindowKV:

@@ -30,7 +30,10 @@ class LlamaConfig:
 
     Attributes follow Hugging Face `LlamaConfig` / LongLLaMA `LongLlamaConfig` names. Extra fields that are ours:
     `param_dtype` (storage of parameters), `dtype` (compute), `remat` (rematerialise each block in backward),
-    `attention_impl` / `attention_chunk` (the attention kernel: "reference" or chunked "flash").
+    `attention_impl` / `attention_chunk` (the attention kernel: "reference" or chunked "flash"),
+    `memory_read_impl` (the kernel when a memory layer reads a memory store's `MemoryBlock`: ingest, `forward_long`,
+    decoding; "flash" by default, which skips the `[heads, t, memory]` score tensor and on CPU reads a long memory
+    about twice as fast, while "reference" is the faster kernel for training steps at short windows).
     """
 
     vocab_size: int = 32000
@@ -61,6 +64,7 @@ class LlamaConfig:
     remat: bool = False
     attention_impl: str = "reference"  # "flash": chunked attention with a hand-written VJP (focused.memory.flash)
     attention_chunk: int = 512  # keys per chunk for attention_impl="flash"
+    memory_read_impl: str = "flash"  # kernel for reading a memory store (inference); "reference" or "flash"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mem_layers", tuple(int(i) for i in self.mem_layers))
@@ -83,8 +87,9 @@ class LlamaConfig:
             raise ValueError(
                 f"mem_layers {list(self.mem_layers)} name layers outside 0..{self.num_hidden_layers - 1}: {bad}"
             )
-        if self.attention_impl not in ("reference", "flash"):
-            raise ValueError(f"attention_impl must be 'reference' or 'flash', got {self.attention_impl!r}")
+        for name in ("attention_impl", "memory_read_impl"):
+            if getattr(self, name) not in ("reference", "flash"):
+                raise ValueError(f"{name} must be 'reference' or 'flash', got {getattr(self, name)!r}")
         if self.attention_chunk < 1:
             raise ValueError(f"attention_chunk must be positive, got {self.attention_chunk}")
         for name in ("mem_dtype", "param_dtype", "dtype"):
