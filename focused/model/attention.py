@@ -70,8 +70,9 @@ class Attention(nnx.Module):
 
         memory: a MemoryBlock (inference, dense or top-k), a Retriever (inference, kNN index), a CrossBatch spec
         (training; built from this window's own raw keys and values of earlier rows), or None.
-        cache: this layer's local cache, raw keys/values `[batch, cache_size, kv_heads, head_dim]`; the window's
-        keys/values are written at `cache_index` and attention runs over the whole buffer (masked by local_mask).
+        cache: the model's local cache, raw keys/values of every layer `[layers, batch, cache_size, kv_heads,
+        head_dim]`; the window's keys/values are written into this layer's slot at `cache_index` and attention runs
+        over that slot's whole buffer (masked by local_mask).
         Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None,
         the updated cache or None).
         """
@@ -81,17 +82,21 @@ class Attention(nnx.Module):
         k, v = self.raw_kv(x)
         raw = WindowKV(k, v) if self.is_memory_layer else None
         new_cache = None
-        if cache is not None:
-            at = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), at)
-            v = jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), at)
-            new_cache = WindowKV(k, v)
+        if cache is not None:  # written in place into this layer's slot of the stacked buffers (no copies)
+            at = (self.layer_idx, 0, cache_index, 0, 0)
+            keys = jax.lax.dynamic_update_slice(cache.keys, k[None].astype(cache.keys.dtype), at)
+            values = jax.lax.dynamic_update_slice(cache.values, v[None].astype(cache.values.dtype), at)
+            new_cache = WindowKV(keys, values)
+            k, v = keys[self.layer_idx], values[self.layer_idx]
         if self.use_rope:
             q, k = apply_rope(q, rope.q_cos, rope.q_sin), apply_rope(k, rope.k_cos, rope.k_sin)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
-        # reading a store's memory (inference) may use another kernel than training and plain attention
-        impl = cfg.memory_read_impl if isinstance(memory, MemoryBlock) else cfg.attention_impl
+        # Reading a store's memory (inference) may use another kernel than training and plain attention; a
+        # single-token decoding step reads it with the reference kernel (faster for one query on CPU).
+        impl = cfg.attention_impl
+        if isinstance(memory, MemoryBlock):
+            impl = cfg.memory_read_impl if t > 1 else "reference"
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
             memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours

@@ -31,9 +31,10 @@ class LlamaConfig:
     Attributes follow Hugging Face `LlamaConfig` / LongLLaMA `LongLlamaConfig` names. Extra fields that are ours:
     `param_dtype` (storage of parameters), `dtype` (compute), `remat` (rematerialise each block in backward),
     `attention_impl` / `attention_chunk` (the attention kernel: "reference" or chunked "flash"),
-    `memory_read_impl` (the kernel when a memory layer reads a memory store's `MemoryBlock`: ingest, `forward_long`,
-    decoding; "flash" by default, which skips the `[heads, t, memory]` score tensor and on CPU reads a long memory
-    about twice as fast, while "reference" is the faster kernel for training steps at short windows).
+    `memory_read_impl` (the kernel when a window of a memory layer reads a memory store's `MemoryBlock`: ingest,
+    `forward_long`, prompts; "flash" by default, which skips the `[heads, t, memory]` score tensor and on CPU reads a
+    long memory about twice as fast, while "reference" is the faster kernel for training steps at short windows and
+    for single-token decoding steps, which always use it).
     """
 
     vocab_size: int = 32000

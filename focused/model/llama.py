@@ -147,23 +147,17 @@ class LlamaModel(nnx.Module):
         run = nnx.remat(_run_layer) if cfg.remat else _run_layer
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         new_kv: list[WindowKV] = []
-        new_cache: list[WindowKV] = []
+        # every layer writes its slot of the stacked cache buffers in place (slicing and re-stacking per-layer
+        # copies cost more than the attention itself when decoding)
+        stacked = None if cache is None else WindowKV(cache.keys, cache.values)
+        index = 0 if cache is None else cache.length
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else WindowKV(cache.keys[i], cache.values[i])
-            index = 0 if cache is None else cache.length
-            x, kv, layer_cache = run(layer, x, rope, mask, mem_by_layer.get(i), layer_cache, index)
+            x, kv, stacked = run(layer, x, rope, mask, mem_by_layer.get(i), stacked, index)
             if kv is not None:
                 new_kv.append(kv)
-            if layer_cache is not None:
-                new_cache.append(layer_cache)
         out_cache = None
         if cache is not None:
-            out_cache = LocalCache(
-                keys=jnp.stack([c.keys for c in new_cache]),
-                values=jnp.stack([c.values for c in new_cache]),
-                valid=valid,
-                length=cache.length + input_ids.shape[1],
-            )
+            out_cache = LocalCache(stacked.keys, stacked.values, valid, cache.length + input_ids.shape[1])
         return self.norm(x), tuple(new_kv), out_cache
 
     def memory_kv(
