@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from longllama_ingest_decode import MODELS
 from quiet import ForeignCpu, refuse_if_busy
 
+from focused.memory.dense import window_starts
+
 F32 = 4  # bytes
 
 
@@ -109,14 +111,10 @@ def train_step_flops(s: Shape, batch: int, seq: int) -> float:
 
 
 def _windows(s: Shape, n: int) -> list[tuple[int, int]]:
-    """The official split of n tokens: windows of W from token 0 into memory, the last `last_context` tokens (and
-    whatever precedes them in the final partial window) through the local cache: (start, length) per block."""
-    memory_part = max(0, n - s.last_context)
-    full = memory_part // s.window * s.window
-    blocks = [(start, s.window) for start in range(0, full, s.window)]
-    if n - full:
-        blocks.append((full, n - full))
-    return blocks
+    """The official split of n tokens (`focused.memory.dense.window_starts`, "longllama"): windows of W from token 0
+    into memory, then the last `last_context` tokens as one chunk; (start, length) per block."""
+    starts = window_starts(n, s.window, s.last_context, split="longllama")
+    return [(a, b - a) for a, b in zip(starts, [*starts[1:], n], strict=True)]
 
 
 def ingest_flops(s: Shape, n: int, minimal: bool) -> float:
