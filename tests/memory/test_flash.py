@@ -92,8 +92,7 @@ def test_model_crossbatch_gradients_with_flash_equal_reference():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
-@pytest.mark.parametrize("positionals", [True, False])
-def test_reading_a_memory_store_gives_the_same_logits_and_tokens_with_either_kernel(positionals):
+def test_reading_a_memory_store_gives_the_same_logits_and_tokens_with_either_kernel():
     """`memory_read_impl` (the kernel for reading a store's memory: forward_long, ingest, decoding) changes speed,
     not results: flash and reference agree on every logit of a long padded input and on greedy tokens."""
     from flax import nnx
@@ -101,7 +100,7 @@ def test_reading_a_memory_store_gives_the_same_logits_and_tokens_with_either_ker
     from focused.generate import generate
     from focused.memory.dense import forward_long
 
-    config = tiny_config(mem_layers=(0, 2), mem_positionals=positionals)
+    config = tiny_config(mem_layers=(0, 2))
     ref = build(config.replace(memory_read_impl="reference"), seed=31)
     flash = nnx.merge(nnx.graphdef(build(config.replace(memory_read_impl="flash", attention_chunk=8))), nnx.state(ref))
     rng = np.random.default_rng(32)
@@ -112,7 +111,7 @@ def test_reading_a_memory_store_gives_the_same_logits_and_tokens_with_either_ker
     got, _ = forward_long(flash, ids, mask)
     assert float(jnp.abs(want).max()) > 0.1  # the comparison is not between zeros
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=0)
-    tokens = [generate(m, ids, 20, attention_mask=mask, progress=False) for m in (ref, flash)]
+    tokens = [generate(m, ids, 12, attention_mask=mask, progress=False) for m in (ref, flash)]
     np.testing.assert_array_equal(tokens[0], tokens[1])
 
 
