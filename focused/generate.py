@@ -33,6 +33,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.backends import MemoryConfig
+from focused.memory.core import MemoryBlock, heads_major
 from focused.memory.dense import check_capacity
 from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
@@ -219,7 +220,8 @@ def _decode_segment(
     `lax.while_loop`, stopping early once every row has produced eos. Memory is read-only here: the caller moves
     a full cache into memory between segments, so `steps` never exceeds the free cache slots."""
     model = nnx.merge(graphdef, params)
-    blocks = reader.blocks()
+    # every step reads the same memory: lay it out once for reading (no transpose of the buffer per token)
+    blocks = tuple(heads_major(b) if isinstance(b, MemoryBlock) else b for b in reader.blocks())
 
     def body(loop: tuple[jax.Array, _Decoding]) -> tuple[jax.Array, _Decoding]:
         i, c = loop

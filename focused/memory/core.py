@@ -28,7 +28,9 @@ MASKED = float(jnp.finfo(jnp.float32).min)
 IMPLS = ("reference", "flash")
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["keys", "values", "mask"], meta_fields=["top_k"])
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["keys", "values", "mask"], meta_fields=["top_k", "heads_major"]
+)
 @dataclasses.dataclass(frozen=True)
 class MemoryBlock:
     """What a memory layer attends to beyond its local window.
@@ -37,12 +39,28 @@ class MemoryBlock:
     values: `[batch, mem, kv_heads, head_dim]`
     mask:   `[batch, mem]` bool, True where the slot holds a real (non-padding) token
     top_k:  static; None = attend to all of it (dense), k = each query keeps its k best scores (exact top-k)
+    heads_major: static; True = keys and values laid out `[batch, kv_heads, mem, head_dim]` (`heads_major()`),
+            for a memory read many times unchanged (every decoding step): XLA:CPU then reads it without
+            transposing the whole buffer for each read. Read with the reference kernel.
     """
 
     keys: jax.Array
     values: jax.Array
     mask: jax.Array
     top_k: int | None = None
+    heads_major: bool = False
+
+    @property
+    def kv_heads(self) -> int:
+        return self.keys.shape[1 if self.heads_major else 2]
+
+
+def heads_major(block: MemoryBlock) -> MemoryBlock:
+    """The same memory with keys/values `[batch, kv_heads, mem, head_dim]` (one transpose, then none per read)."""
+    if block.heads_major:
+        return block
+    keys, values = jnp.moveaxis(block.keys, 2, 1), jnp.moveaxis(block.values, 2, 1)
+    return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True)
 
 
 class RetrievedMemory(NamedTuple):
@@ -89,12 +107,13 @@ def _memory_scores(
         mask = memory.mask.reshape(b, t, kvh, g, n).transpose(0, 2, 3, 1, 4)
         values = memory.values.reshape(b, t, kvh, g, n, d).transpose(0, 2, 3, 1, 4, 5)
         return jnp.where(mask, s_mem, MASKED), values
-    s_mem = jnp.einsum("btkgd,bmkd->bkgtm", q, memory.keys.astype(q.dtype), preferred_element_type=f32) * scale
+    spec = "btkgd,bkmd->bkgtm" if memory.heads_major else "btkgd,bmkd->bkgtm"
+    s_mem = jnp.einsum(spec, q, memory.keys.astype(q.dtype), preferred_element_type=f32) * scale
     s_mem = jnp.where(memory.mask[:, None, None, None, :], s_mem, MASKED)
     if top_k is None or top_k >= s_mem.shape[-1]:
         return s_mem, memory.values
     s_top, idx = jax.lax.top_k(s_mem, top_k)  # [b, kvh, g, t, k]
-    by_head = jnp.moveaxis(memory.values, 2, 1)  # [b, kvh, m, d]
+    by_head = memory.values if memory.heads_major else jnp.moveaxis(memory.values, 2, 1)  # [b, kvh, m, d]
     values = jax.vmap(jax.vmap(lambda v, i: v[i]))(by_head, idx)  # [b, kvh, g, t, k, d]
     return s_top, values
 
@@ -119,8 +138,9 @@ def _attend_chunk(
     n_mem = s_mem.shape[-1]
     w = jax.nn.softmax(jnp.concatenate([s_mem, s_loc], axis=-1), axis=-1)
     w_mem, w_loc = w[..., :n_mem].astype(v.dtype), w[..., n_mem:].astype(v.dtype)
-    if mem_v.ndim == 4:  # shared memory [b, m, kvh, d]
-        out = jnp.einsum("bkgtm,bmkd->btkgd", w_mem, mem_v.astype(v.dtype))
+    if mem_v.ndim == 4:  # shared memory [b, m, kvh, d] (or [b, kvh, m, d] heads-major)
+        spec = "bkgtm,bkmd->btkgd" if memory.heads_major else "bkgtm,bmkd->btkgd"
+        out = jnp.einsum(spec, w_mem, mem_v.astype(v.dtype))
     else:  # per-query memory [b, kvh, g, t, m, d]
         out = jnp.einsum("bkgtm,bkgtmd->btkgd", w_mem, mem_v.astype(v.dtype))
     return out + jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
@@ -152,7 +172,7 @@ def memory_attention(
         bounding the `[batch, heads, chunk, mem]` score buffer for long memories.
       impl: "reference" (scores materialised, autodiff backward) or "flash" (`focused.memory.flash`: keys in
         chunks of `kv_chunk`, online softmax, a hand-written backward that keeps no score tensor). "flash" serves
-        plain attention and a dense MemoryBlock; top-k and retrieved (kNN) memory always use the reference.
+        plain attention and a dense MemoryBlock; top-k, heads-major and retrieved (kNN) memory use the reference.
     Returns:
       `[batch, seq, heads, head_dim]` in v's dtype.
     """
@@ -160,15 +180,16 @@ def memory_attention(
     kv_heads = k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads")
-    if isinstance(memory, MemoryBlock) and memory.keys.shape[2] != kv_heads:
-        raise ValueError(f"memory has {memory.keys.shape[2]} kv heads, the layer has {kv_heads}")
+    if isinstance(memory, MemoryBlock) and memory.kv_heads != kv_heads:
+        raise ValueError(f"memory has {memory.kv_heads} kv heads, the layer has {kv_heads}")
     scale = dim**-0.5
     qg = q.reshape(batch, seq, kv_heads, heads // kv_heads, dim)
     if isinstance(memory, MemoryBlock) and top_k is None:
         top_k = memory.top_k
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
-    if impl == "flash" and (memory is None or (isinstance(memory, MemoryBlock) and top_k is None)):
+    dense_block = isinstance(memory, MemoryBlock) and top_k is None and not memory.heads_major
+    if impl == "flash" and (memory is None or dense_block):
         from focused.memory.flash import flash_attention_sets
 
         key_sets = ((k, v, local_mask),)

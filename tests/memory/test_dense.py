@@ -1,5 +1,6 @@
 """Window-by-window processing with dense memory against a direct numpy re-computation of DESIGN §3."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -159,3 +160,23 @@ def test_logits_last_positions_and_none_equal_the_full_logits():
         forward_long(model, ids, logits=[45])
     with pytest.raises(ValueError, match="logits must be"):
         forward_long(model, ids, logits="first")
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_a_heads_major_memory_block_gives_the_same_attention(top_k):
+    """`heads_major` (the layout decoding reads memory in) changes the layout, not the numbers: dense and top-k."""
+    from focused.memory.core import heads_major, memory_attention
+
+    rng = np.random.default_rng(41)
+    b, t, heads, kvh, d, m, s = 2, 3, 4, 2, 8, 11, 5
+    q = jnp.asarray(rng.normal(size=(b, t, heads, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(b, s, kvh, d)), jnp.float32) for _ in range(2))
+    mk, mv = (jnp.asarray(rng.normal(size=(b, m, kvh, d)), jnp.float32) for _ in range(2))
+    block = MemoryBlock(mk, mv, jnp.asarray(rng.random((b, m)) > 0.3), top_k)
+    local = jnp.asarray(rng.random((b, t, s)) > 0.2)
+    want = memory_attention(q, k, v, local, block)
+    turned = heads_major(block)
+    assert turned.keys.shape == (b, kvh, m, d) and turned.kv_heads == kvh
+    got = jax.jit(lambda block: memory_attention(q, k, v, local, block, impl="flash"))(turned)  # flash: falls back
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)
+    assert float(jnp.abs(want - memory_attention(q, k, v, local, None)).max()) > 1e-2  # memory matters here
