@@ -44,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from longllama_ingest_decode import MODELS
 from quiet import ForeignCpu, refuse_if_busy
 
+from focused.config import load_config
 from focused.memory.dense import window_starts
+
+ROOT = Path(__file__).resolve().parent.parent
 
 F32 = 4  # bytes
 
@@ -228,6 +231,9 @@ def peer_times(train_json: str, ingest_json: str) -> dict[str, dict[str, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", default=str(ROOT / "configs" / "tiny_fot.py"), help="the train benchmark's config (its default)"
+    )
     parser.add_argument("--train-json", default="", help="bench/train_throughput.py --json output")
     parser.add_argument("--ingest-json", default="", help="bench/longllama_ingest_decode.py --json output")
     parser.add_argument("--ingest", type=int, default=8192, help="tokens ingested (as in the ingest benchmark)")
@@ -256,18 +262,13 @@ def main() -> None:
         print(f"  {lib:6s} " + "  ".join(f"n={n}: {v:6.1f}" for n, v in by_n.items()))
     print("read bandwidth GB/s: " + "  ".join(f"{k} {v:.1f}" for k, v in bandwidth.items()))
 
-    tiny = dict(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        mem_layers=(2,),
-    )  # configs/tiny.py, the train benchmark's model (8 x 256 tokens a step)
-    shapes = {"tiny": shape_from(tiny), **{name: shape_from(cfg) for name, cfg in MODELS.items()}}
-    work: dict[str, dict[str, float]] = {"train": {"flops_peer": train_step_flops(shapes["tiny"], 8, 256)}}
+    config = load_config(["roofline", "--config", args.config])
+    batch, window = config.data.batch_size, config.model.max_position_embeddings
+    if args.train_json:  # the shape the train benchmark ran (it may override the config's)
+        info = json.loads(Path(args.train_json).read_text())["info"]
+        batch, window = info["batch"], info["window"]
+    shapes = {"train": shape_from(config.model.to_dict()), **{name: shape_from(cfg) for name, cfg in MODELS.items()}}
+    work: dict[str, dict[str, float]] = {"train": {"flops_peer": train_step_flops(shapes["train"], batch, window)}}
     work["train"]["flops_min"] = work["train"]["flops_peer"]
     for name in MODELS:
         s = shapes[name]
