@@ -26,7 +26,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest 
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}"
 started=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - started))); }
-EXP=(experiments/dictionary_lookup.py --no-eval)
+EXP=(experiments/dictionary_lookup.py --no-eval --continue-steps=0)  # its long final stages replace the continuation
 SIZES="(1024,16384,262144,1048576,4194304)"
 if [ "${SMOKE:-0}" = 1 ]; then EXP+=(--smoke); SIZES="(64,256)"; fi
 WIDE=(--tag=_wide --config.model.hidden_size=256 --config.model.intermediate_size=512)

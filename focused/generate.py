@@ -49,11 +49,11 @@ class GenerationState(NamedTuple):
 
 def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
     """An empty local cache of max_position_embeddings slots for every layer."""
-    shape = (config.num_hidden_layers, batch, config.max_position_embeddings, config.kv_heads, config.head_size)
+    layers, size, kvh, d = config.num_hidden_layers, config.max_position_embeddings, config.kv_heads, config.head_size
     dtype = resolve_dtype(config.dtype)
     return LocalCache(
-        keys=jnp.zeros(shape, dtype),
-        values=jnp.zeros(shape, dtype),
+        keys=jnp.zeros((layers, batch, kvh, size, d), dtype),
+        values=jnp.zeros((layers, batch, kvh, d, size), dtype),
         valid=jnp.zeros((batch, config.max_position_embeddings), bool),
         length=jnp.zeros((), jnp.int32),
     )
@@ -99,8 +99,8 @@ def _window_kv(
 @functools.partial(jax.jit, static_argnames=("mem_layers",))
 def _cache_kv(cache: LocalCache, mem_layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The memory layers' part of a full cache: keys, values `[mem_layers, batch, size, kv_heads, head_dim]`."""
-    layers = np.asarray(mem_layers, np.int32)
-    return cache.keys[layers], cache.values[layers], cache.valid
+    layers = np.asarray(mem_layers, np.int32)  # the cache's [.., kv_heads, size, d] / [.., kv_heads, d, size]
+    return cache.keys[layers].transpose(0, 1, 3, 2, 4), cache.values[layers].transpose(0, 1, 4, 2, 3), cache.valid
 
 
 def _flush(model: LlamaForCausalLM, state: GenerationState) -> GenerationState:

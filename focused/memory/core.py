@@ -39,9 +39,11 @@ class MemoryBlock:
     values: `[batch, mem, kv_heads, head_dim]`
     mask:   `[batch, mem]` bool, True where the slot holds a real (non-padding) token
     top_k:  static; None = attend to all of it (dense), k = each query keeps its k best scores (exact top-k)
-    heads_major: static; True = keys and values laid out `[batch, kv_heads, mem, head_dim]` (`heads_major()`),
-            for a memory read many times unchanged (every decoding step): XLA:CPU then reads it without
-            transposing the whole buffer for each read. Read with the reference kernel.
+    heads_major: static; True = keys laid out `[batch, kv_heads, mem, head_dim]` and values `[batch, kv_heads,
+            head_dim, mem]` (`heads_major()`), for a memory read many times unchanged (every decoding step):
+            each read is then a matrix-vector product over contiguous rows (keys for the scores, values for the
+            weighted sum), which XLA:CPU does without transposing the whole buffer first. Read with the
+            reference kernel.
     """
 
     keys: jax.Array
@@ -56,10 +58,11 @@ class MemoryBlock:
 
 
 def heads_major(block: MemoryBlock) -> MemoryBlock:
-    """The same memory with keys/values `[batch, kv_heads, mem, head_dim]` (one transpose, then none per read)."""
+    """The same memory with keys `[batch, kv_heads, mem, head_dim]` and values `[batch, kv_heads, head_dim, mem]`
+    (one transpose, then none per read)."""
     if block.heads_major:
         return block
-    keys, values = jnp.moveaxis(block.keys, 2, 1), jnp.moveaxis(block.values, 2, 1)
+    keys, values = jnp.moveaxis(block.keys, 2, 1), jnp.transpose(block.values, (0, 2, 3, 1))
     return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True)
 
 
@@ -97,7 +100,8 @@ def causal_mask(key_valid: jax.Array) -> jax.Array:
 def _memory_scores(
     q: jax.Array, memory: MemoryBlock | RetrievedMemory, scale: float, top_k: int | None
 ) -> tuple[jax.Array, jax.Array]:
-    """Scores `[b, kvh, g, t, m]` (masked) and the matching values `[b, kvh, g, t, m, d]` or `[b, m, kvh, d]`."""
+    """Scores `[b, kvh, g, t, m]` (masked) and the matching values `[b, kvh, g, t, m, d]`, or the block's own
+    values (`[b, m, kvh, d]`, or `[b, kvh, d, m]` heads-major)."""
     f32 = jnp.float32
     if isinstance(memory, RetrievedMemory):  # per-query neighbours from a kNN index
         b, t, _, n, d = memory.keys.shape
@@ -113,8 +117,11 @@ def _memory_scores(
     if top_k is None or top_k >= s_mem.shape[-1]:
         return s_mem, memory.values
     s_top, idx = jax.lax.top_k(s_mem, top_k)  # [b, kvh, g, t, k]
-    by_head = memory.values if memory.heads_major else jnp.moveaxis(memory.values, 2, 1)  # [b, kvh, m, d]
-    values = jax.vmap(jax.vmap(lambda v, i: v[i]))(by_head, idx)  # [b, kvh, g, t, k, d]
+    if memory.heads_major:  # [b, kvh, d, m]: gather columns
+        values = jax.vmap(jax.vmap(lambda v, i: jnp.moveaxis(v[:, i], 0, -1)))(memory.values, idx)
+    else:
+        values = jax.vmap(jax.vmap(lambda v, i: v[i]))(jnp.moveaxis(memory.values, 2, 1), idx)
+    # values: [b, kvh, g, t, k, d]
     return s_top, values
 
 
@@ -126,24 +133,27 @@ def _attend_chunk(
     memory: MemoryBlock | RetrievedMemory | None,
     scale: float,
     top_k: int | None = None,
+    local_heads_major: bool = False,
 ) -> jax.Array:
-    """q `[b, t, kvh, g, d]`, k/v `[b, s, kvh, d]`, local_mask `[b, t, s]` → `[b, t, kvh, g, d]`."""
+    """q `[b, t, kvh, g, d]`, k/v `[b, s, kvh, d]` (heads-major: k `[b, kvh, s, d]`, v `[b, kvh, d, s]`),
+    local_mask `[b, t, s]` → `[b, t, kvh, g, d]`."""
     f32 = jnp.float32
-    s_loc = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=f32) * scale
+    k_spec, v_spec = ("bksd", "bkds") if local_heads_major else ("bskd", "bskd")
+    s_loc = jnp.einsum(f"btkgd,{k_spec}->bkgts", q, k, preferred_element_type=f32) * scale
     s_loc = jnp.where(local_mask[:, None, None], s_loc, MASKED)
     if memory is None:
         w_loc = jax.nn.softmax(s_loc, axis=-1)
-        return jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
+        return jnp.einsum(f"bkgts,{v_spec}->btkgd", w_loc.astype(v.dtype), v)
     s_mem, mem_v = _memory_scores(q, memory, scale, top_k)
     n_mem = s_mem.shape[-1]
     w = jax.nn.softmax(jnp.concatenate([s_mem, s_loc], axis=-1), axis=-1)
     w_mem, w_loc = w[..., :n_mem].astype(v.dtype), w[..., n_mem:].astype(v.dtype)
-    if mem_v.ndim == 4:  # shared memory [b, m, kvh, d] (or [b, kvh, m, d] heads-major)
-        spec = "bkgtm,bkmd->btkgd" if memory.heads_major else "bkgtm,bmkd->btkgd"
+    if mem_v.ndim == 4:  # shared memory [b, m, kvh, d] (or [b, kvh, d, m] heads-major)
+        spec = "bkgtm,bkdm->btkgd" if memory.heads_major else "bkgtm,bmkd->btkgd"
         out = jnp.einsum(spec, w_mem, mem_v.astype(v.dtype))
     else:  # per-query memory [b, kvh, g, t, m, d]
         out = jnp.einsum("bkgtm,bkgtmd->btkgd", w_mem, mem_v.astype(v.dtype))
-    return out + jnp.einsum("bkgts,bskd->btkgd", w_loc.astype(v.dtype), v)
+    return out + jnp.einsum(f"bkgts,{v_spec}->btkgd", w_loc.astype(v.dtype), v)
 
 
 def memory_attention(
@@ -157,6 +167,7 @@ def memory_attention(
     top_k: int | None = None,
     impl: str = "reference",
     kv_chunk: int = 512,
+    local_heads_major: bool = False,
 ) -> jax.Array:
     """Attention over [memory ; local window] with one float32 softmax.
 
@@ -173,11 +184,17 @@ def memory_attention(
       impl: "reference" (scores materialised, autodiff backward) or "flash" (`focused.memory.flash`: keys in
         chunks of `kv_chunk`, online softmax, a hand-written backward that keeps no score tensor). "flash" serves
         plain attention and a dense MemoryBlock; top-k, heads-major and retrieved (kNN) memory use the reference.
+      local_heads_major: k is `[batch, kv_heads, kv_len, head_dim]` and v `[batch, kv_heads, head_dim, kv_len]`
+        (the decoding cache's layout, read by one query without transposing the cache); the flash kernel and
+        query chunks get them transposed back.
     Returns:
       `[batch, seq, heads, head_dim]` in v's dtype.
     """
     batch, seq, heads, dim = q.shape
-    kv_heads = k.shape[2]
+    chunked = query_chunk is not None and query_chunk < seq and seq % query_chunk == 0
+    if local_heads_major and (impl == "flash" or chunked):
+        k, v, local_heads_major = jnp.moveaxis(k, 1, 2), jnp.transpose(v, (0, 3, 1, 2)), False
+    kv_heads = k.shape[1 if local_heads_major else 2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads")
     if isinstance(memory, MemoryBlock) and memory.kv_heads != kv_heads:
@@ -196,8 +213,8 @@ def memory_attention(
         if memory is not None:  # memory and local keys share one softmax without being concatenated
             key_sets = ((memory.keys, memory.values, memory.mask[:, None, :]), *key_sets)
         return flash_attention_sets(qg, key_sets, kv_chunk).reshape(batch, seq, heads, dim)
-    if query_chunk is None or query_chunk >= seq or seq % query_chunk or isinstance(memory, RetrievedMemory):
-        out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k)
+    if not chunked or isinstance(memory, RetrievedMemory):
+        out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k, local_heads_major)
     else:
         n = seq // query_chunk
         q_chunks = jnp.moveaxis(qg.reshape(batch, n, query_chunk, *qg.shape[2:]), 1, 0)

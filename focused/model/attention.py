@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from focused.memory.core import MemoryBlock, Retriever, memory_attention
@@ -70,9 +71,10 @@ class Attention(nnx.Module):
 
         memory: a MemoryBlock (inference, dense or top-k), a Retriever (inference, kNN index), a CrossBatch spec
         (training; built from this window's own raw keys and values of earlier rows), or None.
-        cache: the model's local cache, raw keys/values of every layer `[layers, batch, cache_size, kv_heads,
-        head_dim]`; the window's keys/values are written into this layer's slot at `cache_index` and attention runs
-        over that slot's whole buffer (masked by local_mask).
+        cache: the model's local cache, raw keys `[layers, batch, kv_heads, cache_size, head_dim]` and values
+        `[layers, batch, kv_heads, head_dim, cache_size]` of every layer (`LocalCache`); the window's keys/values
+        are written into this layer's slot at `cache_index` and attention runs over that slot's whole buffer
+        (masked by local_mask).
         Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None,
         the updated cache or None).
         """
@@ -83,26 +85,43 @@ class Attention(nnx.Module):
         raw = WindowKV(k, v) if self.is_memory_layer else None
         new_cache = None
         if cache is not None:  # written in place into this layer's slot of the stacked buffers (no copies)
-            at = (self.layer_idx, 0, cache_index, 0, 0)
-            keys = jax.lax.dynamic_update_slice(cache.keys, k[None].astype(cache.keys.dtype), at)
-            values = jax.lax.dynamic_update_slice(cache.values, v[None].astype(cache.values.dtype), at)
+            layer = self.layer_idx
+            k_t, v_t = jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1))  # [b, kvh, t, d], [b, kvh, d, t]
+            keys = jax.lax.dynamic_update_slice(
+                cache.keys, k_t[None].astype(cache.keys.dtype), (layer, 0, 0, cache_index, 0)
+            )
+            values = jax.lax.dynamic_update_slice(
+                cache.values, v_t[None].astype(cache.values.dtype), (layer, 0, 0, 0, cache_index)
+            )
             new_cache = WindowKV(keys, values)
-            k, v = keys[self.layer_idx], values[self.layer_idx]
+            k, v = keys[layer], values[layer]
+        heads_axis = 1 if cache is not None else 2
         if self.use_rope:
-            q, k = apply_rope(q, rope.q_cos, rope.q_sin), apply_rope(k, rope.k_cos, rope.k_sin)
+            q = apply_rope(q, rope.q_cos, rope.q_sin)
+            k = apply_rope(k, rope.k_cos, rope.k_sin, heads_axis=heads_axis)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
         # Reading a store's memory (inference) may use another kernel than training and plain attention; a
-        # single-token decoding step reads it with the reference kernel (faster for one query on CPU).
-        impl = cfg.attention_impl
-        if isinstance(memory, MemoryBlock):
-            impl = cfg.memory_read_impl if t > 1 else "reference"
+        # single-token decoding step reads memory and cache with the reference kernel (faster for one query on CPU).
+        impl = cfg.memory_read_impl if isinstance(memory, MemoryBlock) else cfg.attention_impl
+        if t == 1:
+            impl = "reference"
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
             memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
-        out = memory_attention(q, k, v, local_mask, memory, query_chunk=chunk, impl=impl, kv_chunk=cfg.attention_chunk)
+        out = memory_attention(
+            q,
+            k,
+            v,
+            local_mask,
+            memory,
+            query_chunk=chunk,
+            impl=impl,
+            kv_chunk=cfg.attention_chunk,
+            local_heads_major=cache is not None,
+        )
         return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
 
     def raw_kv(self, x: jax.Array) -> WindowKV:

@@ -91,7 +91,9 @@ def _run_layer(
 class LocalCache(NamedTuple):
     """The local (windowed) key/value cache used while generating; raw keys, rotated on use.
 
-    keys, values: `[layers, batch, size, kv_heads, head_dim]` (size = max_position_embeddings)
+    keys: `[layers, batch, kv_heads, size, head_dim]`, values: `[layers, batch, kv_heads, head_dim, size]`
+        (size = max_position_embeddings): laid out so that one query reads each as a matrix-vector product over
+        contiguous rows (XLA:CPU would otherwise transpose every layer's cache for every decoded token)
     valid: `[batch, size]` bool; length: `[]` int32 slots in use (the same for every row).
     """
 

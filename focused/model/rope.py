@@ -92,10 +92,11 @@ def rotate_half(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """x `[batch, seq, heads, head_dim]`, cos/sin `[batch, seq, head_dim]` → rotated x (same dtype as x)."""
-    cos = cos[:, :, None, :].astype(x.dtype)
-    sin = sin[:, :, None, :].astype(x.dtype)
+def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, heads_axis: int = 2) -> jnp.ndarray:
+    """x `[batch, seq, heads, head_dim]` (or `[batch, heads, seq, head_dim]` with heads_axis=1), cos/sin
+    `[batch, seq, head_dim]` → rotated x (same dtype as x)."""
+    cos = jnp.expand_dims(cos, heads_axis).astype(x.dtype)
+    sin = jnp.expand_dims(sin, heads_axis).astype(x.dtype)
     return x * cos + rotate_half(x) * sin
 
 

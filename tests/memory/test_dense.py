@@ -176,7 +176,7 @@ def test_a_heads_major_memory_block_gives_the_same_attention(top_k):
     local = jnp.asarray(rng.random((b, t, s)) > 0.2)
     want = memory_attention(q, k, v, local, block)
     turned = heads_major(block)
-    assert turned.keys.shape == (b, kvh, m, d) and turned.kv_heads == kvh
+    assert turned.keys.shape == (b, kvh, m, d) and turned.values.shape == (b, kvh, d, m) and turned.kv_heads == kvh
     got = jax.jit(lambda block: memory_attention(q, k, v, local, block, impl="flash"))(turned)  # flash: falls back
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)
     assert float(jnp.abs(want - memory_attention(q, k, v, local, None)).max()) > 1e-2  # memory matters here
