@@ -4,8 +4,9 @@ same exported weights, interleaved in one run.
 For each model (random weights; `--models small,mid`, the shapes of issue 9's table) a focused model is exported
 with `focused.convert.export_hf(format="longllama")` and loaded by the official `LongLlamaForCausalLM` in a worker
 process of the scratch environment (`--python`, old transformers + torch; the official files in `--official-src`,
-fetched at run time as in bench/longllama_parity.py, never committed). Then, `--repeats` rounds, each timing every
-task on both sides back to back (the side that goes first alternates between rounds), float32:
+fetched at run time as in bench/longllama_parity.py, never committed), and by `focused.convert.import_hf` in a
+second worker process (this environment), so each side's peak RSS is its own. Then, `--repeats` rounds, each
+timing every task on both sides back to back (the side that goes first alternates between rounds), float32:
 
   ingest N        official `model(input_ids, attention_mask)` over N tokens (its `_handle_long_input`: windows of
                   W into memory, the last `last_context_length` tokens through the local cache; logits for every
@@ -17,7 +18,8 @@ task on both sides back to back (the side that goes first alternates between rou
                   steps in that span. The generated tokens are compared as a check.
 
 Reported per task: the median seconds of each side and official / focused (> 1: focused is faster), plus each
-process's peak RSS. The first round of every task is a warm-up (JAX compiles there) and is not reported.
+worker's peak RSS (loading the folder, then every task of that model). The first round of every task is a
+warm-up (JAX compiles there) and is not reported.
 
 Contention flatters JAX (PyTorch's OpenMP threads slow down 5-10x under load), so the script refuses to start when
 the 1-minute load average is above --max-load (1.5), and marks the results invalid when other processes used more
@@ -131,29 +133,25 @@ def official_worker(args: argparse.Namespace) -> None:
         print(json.dumps(reply), flush=True)
 
 
-class Official:
-    """The official worker process, driven line by line."""
+class Worker:
+    """A worker process (`--role official` or `--role focused`) loading the exported folder, driven line by line."""
 
-    def __init__(self, args: argparse.Namespace, hf_dir: Path) -> None:
-        command = [
-            args.python,
-            str(Path(__file__).resolve()),
-            "--role",
-            "official",
-            "--official-src",
-            str(Path(args.official_src).resolve()),
-            "--hf-dir",
-            str(hf_dir),
-        ]
-        if args.official_torch_attention:
-            command.append("--official-torch-attention")
+    def __init__(self, role: str, args: argparse.Namespace, hf_dir: Path) -> None:
+        self.role = role
+        command = [str(Path(__file__).resolve()), "--role", role, "--hf-dir", str(hf_dir)]
+        if role == "official":
+            command = [args.python, *command, "--official-src", str(Path(args.official_src).resolve())]
+            if args.official_torch_attention:
+                command.append("--official-torch-attention")
+        else:
+            command = [sys.executable, *command]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.hello = self._read()
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError("the official worker exited (see its stderr above)")
+            raise RuntimeError(f"the {self.role} worker exited (see its stderr above)")
         return json.loads(line)
 
     def __call__(self, **cmd) -> dict:
@@ -169,6 +167,28 @@ class Official:
 
 # ---------------------------------------------------------------------------------------------------------------
 # focused side
+
+
+def focused_worker(args: argparse.Namespace) -> None:
+    """Serves the same commands as the official worker, on the model imported from the same exported folder (so
+    its peak RSS counts what a user's process holds: the loaded model and one task at a time)."""
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from focused.convert import import_hf
+
+    model = import_hf(args.hf_dir)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        task = ("ingest", 0) if cmd["op"] == "ingest" else ("decode", 0, cmd["new_tokens"])
+        reply = {"seconds": focused_tasks(model, np.load(cmd["prompt"]), task)}
+        if "tokens" in reply["seconds"]:
+            reply["tokens"] = reply["seconds"].pop("tokens")
+        reply["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps(reply), flush=True)
 
 
 def build_model(name: str, seed: int, std: float):
@@ -243,35 +263,32 @@ def main(args: argparse.Namespace) -> int:
             path = work / name / f"prompt_{task[1]}.npy"
             np.save(path, rng.integers(3, model.config.vocab_size, size=(1, task[1])).astype(np.int32))
             prompts[task] = path
-        official = Official(args, hf_dir)
-        foreign = ForeignCpu(workers=(official.proc.pid,)).start()
+        del model  # the focused side runs in its own process too, on the model it imports from hf_dir
+        workers = {side: Worker(side, args, hf_dir) for side in ("official", "focused")}
+        foreign = ForeignCpu(workers=tuple(w.proc.pid for w in workers.values())).start()
+        rss = {}
         times = {task: {"official": [], "focused": {}} for task in tasks}
         checks = {}
         for round_ in range(args.repeats + 1):  # round 0: warm-up (compiles), not reported
             for task in tasks:
-                prompt = np.load(prompts[task])
                 sides = ["official", "focused"] if round_ % 2 == 0 else ["focused", "official"]
+                cmd = {"op": task[0], "prompt": str(prompts[task])}
+                if task[0] == "decode":
+                    cmd["new_tokens"] = task[2]
                 for side in sides:
-                    if side == "official":
-                        cmd = {"op": task[0], "prompt": str(prompts[task])}
-                        if task[0] == "decode":
-                            cmd["new_tokens"] = task[2]
-                        reply = official(**cmd)
-                        if round_:
-                            times[task]["official"].append(reply["seconds"])
-                        if "tokens" in reply:
-                            checks.setdefault(task, {})["official"] = reply["tokens"]
-                        official_rss = reply["peak_rss_gib"]
-                    else:
-                        got = focused_tasks(model, prompt, task)
-                        if "tokens" in got:
-                            checks.setdefault(task, {})["focused"] = got.pop("tokens")
-                        if round_:
-                            for variant, seconds in got.items():
-                                times[task]["focused"].setdefault(variant, []).append(seconds)
+                    reply = workers[side](**cmd)
+                    if "tokens" in reply:
+                        checks.setdefault(task, {})[side] = reply["tokens"]
+                    rss[side] = reply["peak_rss_gib"]
+                    if round_ and side == "official":
+                        times[task]["official"].append(reply["seconds"])
+                    elif round_:
+                        for variant, seconds in reply["seconds"].items():
+                            times[task]["focused"].setdefault(variant, []).append(seconds)
             print(f"[{name}] round {round_} done{' (warm-up)' if round_ == 0 else ''}", flush=True)
         foreign.stop()
-        official.close()
+        for worker in workers.values():
+            worker.close()
         rows = {}
         for task, sides in times.items():
             label = f"ingest {task[1]}" if task[0] == "ingest" else f"decode {task[2]} after {task[1]}"
@@ -290,11 +307,8 @@ def main(args: argparse.Namespace) -> int:
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in MODELS[name].items()},
             "rows": rows,
             "greedy_tokens_identical": same,
-            "peak_rss_gib": {
-                "official": official_rss,
-                "focused": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            },
-            "official_threads": official.hello.get("threads"),
+            "peak_rss_gib": rss,  # each worker's own peak: loading the folder, then every task
+            "official_threads": workers["official"].hello.get("threads"),
             "foreign_cpu_fraction": foreign.fraction,
         }
         print(f"\n== {name}: official / focused (> 1: focused faster), medians of {args.repeats} rounds{invalid}")
@@ -318,7 +332,7 @@ def main(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official-src", required=True, help="folder with the official src/*.py files")
+    parser.add_argument("--official-src", default=None, help="folder with the official src/*.py files (required)")
     parser.add_argument("--python", default=sys.executable, help="python of the environment with torch+transformers")
     parser.add_argument("--models", default="small,mid", help=f"comma-separated subset of {sorted(MODELS)}")
     parser.add_argument("--ingest", default="8192", help="comma-separated ingest lengths (tokens)")
@@ -336,8 +350,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--json", default="")
     parser.add_argument("--hf-dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--role", choices=("main", "official"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("main", "official", "focused"), default="main", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.role != "focused" and not args.official_src:
+        parser.error("--official-src is required: the folder with the official src/*.py files (see above)")
     if args.role == "main":
         args.models = [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = sorted(set(args.models) - set(MODELS))
@@ -351,5 +367,7 @@ if __name__ == "__main__":
     arguments = parse_args()
     if arguments.role == "official":
         official_worker(arguments)
+    elif arguments.role == "focused":
+        focused_worker(arguments)
     else:
         sys.exit(main(arguments))

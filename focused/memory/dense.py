@@ -146,6 +146,12 @@ def window_starts(n: int, window: int, last_context_length: int, split: str = "w
     raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
 
 
+@functools.partial(jax.jit, donate_argnames=("buffer",))
+def _write_logits(buffer: jax.Array, piece: jax.Array, start: jax.Array) -> jax.Array:
+    """Writes a window's logits `[batch, t, vocab]` into `buffer` `[batch, n, vocab]` at `start`, in place."""
+    return jax.lax.dynamic_update_slice(buffer, piece, (0, start, 0))
+
+
 def _bucket(k: int) -> int:
     """Pads a count of wanted positions to a power of two, so a window compiles for few distinct shapes."""
     return 1 << max(k - 1, 0).bit_length()
@@ -201,6 +207,8 @@ def forward_long(
     written = int(memory.length)
     starts = window_starts(n, window, cfg.last_context_length, split)
     pieces, order = [], []
+    # all logits go straight into one buffer: keeping every window's piece, then concatenating, held two copies
+    everything = jnp.zeros((batch, n, cfg.vocab_size), jnp.float32) if logits == "all" else None
     for start, stop in tqdm(
         zip(starts, [*starts[1:], n], strict=True), total=len(starts), desc="windows", disable=not progress, unit="win"
     ):
@@ -222,7 +230,8 @@ def forward_long(
         out, memory = window_step(graphdef, params, memory, ids, ok, top_k, view, positions)
         written += stop - start
         if logits == "all":
-            pieces.append(out)
+            everything = _write_logits(everything, out, jnp.int32(start))
+            del out
         elif logits == "last" and stop == n:
             pieces.append(out[:, 0])
         elif wanted is not None and order[-1].size:
@@ -232,7 +241,7 @@ def forward_long(
     if logits == "last":
         return pieces[0], memory
     if logits == "all":
-        return jnp.concatenate(pieces, axis=1), memory
+        return everything, memory
     if not pieces:
         return jnp.zeros((batch, 0, cfg.vocab_size), jnp.float32), memory
     found = np.concatenate(order)  # the index into `wanted` of each gathered column
