@@ -52,8 +52,8 @@ def init_cache(config: LlamaConfig, batch: int) -> LocalCache:
     layers, size, kvh, d = config.num_hidden_layers, config.max_position_embeddings, config.kv_heads, config.head_size
     dtype = resolve_dtype(config.dtype)
     return LocalCache(
-        keys=jnp.zeros((layers, batch, kvh, size, d), dtype),
-        values=jnp.zeros((layers, batch, kvh, d, size), dtype),
+        keys=tuple(jnp.zeros((batch * kvh, size, d), dtype) for _ in range(layers)),
+        values=tuple(jnp.zeros((batch * kvh, d, size), dtype) for _ in range(layers)),
         valid=jnp.zeros((batch, config.max_position_embeddings), bool),
         length=jnp.zeros((), jnp.int32),
     )
@@ -99,8 +99,10 @@ def _window_kv(
 @functools.partial(jax.jit, static_argnames=("mem_layers",))
 def _cache_kv(cache: LocalCache, mem_layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The memory layers' part of a full cache: keys, values `[mem_layers, batch, size, kv_heads, head_dim]`."""
-    layers = np.asarray(mem_layers, np.int32)  # the cache's [.., kv_heads, size, d] / [.., kv_heads, d, size]
-    return cache.keys[layers].transpose(0, 1, 3, 2, 4), cache.values[layers].transpose(0, 1, 4, 2, 3), cache.valid
+    batch = cache.valid.shape[0]  # the cache's [b * kv_heads, size, d] / [b * kv_heads, d, size] per layer
+    keys = jnp.stack([cache.keys[i].reshape(batch, -1, *cache.keys[i].shape[1:]) for i in mem_layers])
+    values = jnp.stack([cache.values[i].reshape(batch, -1, *cache.values[i].shape[1:]) for i in mem_layers])
+    return keys.transpose(0, 1, 3, 2, 4), values.transpose(0, 1, 4, 2, 3), cache.valid
 
 
 def _flush(model: LlamaForCausalLM, state: GenerationState) -> GenerationState:

@@ -52,6 +52,9 @@ class Attention(nnx.Module):
         self.is_memory_layer = layer_idx in config.mem_layers
         # LongLLaMA's NoPE variant: no RoPE at all inside memory layers
         self.use_rope = not (self.is_memory_layer and not config.mem_positionals)
+        # the local cache keeps raw keys only where they move into memory (memory layers); the other layers keep
+        # them rotated (a slot's position never changes while it is in the cache), so reads need no RoPE
+        self.cache_rotated = self.use_rope and not self.is_memory_layer
         e, h, kv, d = config.hidden_size, config.num_attention_heads, config.kv_heads, config.head_size
         self.q_proj = dense(config, e, h * d, ("embed", "heads"), rngs)
         self.k_proj = dense(config, e, kv * d, ("embed", "kv_heads"), rngs)
@@ -71,10 +74,10 @@ class Attention(nnx.Module):
 
         memory: a MemoryBlock (inference, dense or top-k), a Retriever (inference, kNN index), a CrossBatch spec
         (training; built from this window's own raw keys and values of earlier rows), or None.
-        cache: the model's local cache, raw keys `[layers, batch, kv_heads, cache_size, head_dim]` and values
-        `[layers, batch, kv_heads, head_dim, cache_size]` of every layer (`LocalCache`); the window's keys/values
-        are written into this layer's slot at `cache_index` and attention runs over that slot's whole buffer
-        (masked by local_mask).
+        cache: this layer's part of the local cache (`LocalCache`): keys `[batch * kv_heads, cache_size, head_dim]`
+        (raw in memory layers, rotated at their slot's position in the others) and values `[batch * kv_heads,
+        head_dim, cache_size]`; the window's keys/values are written into it in place at `cache_index` and
+        attention runs over the whole buffer (masked by local_mask).
         Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None,
         the updated cache or None).
         """
@@ -84,21 +87,26 @@ class Attention(nnx.Module):
         k, v = self.raw_kv(x)
         raw = WindowKV(k, v) if self.is_memory_layer else None
         new_cache = None
-        if cache is not None:  # written in place into this layer's slot of the stacked buffers (no copies)
-            layer = self.layer_idx
-            k_t, v_t = jnp.swapaxes(k, 1, 2), jnp.transpose(v, (0, 2, 3, 1))  # [b, kvh, t, d], [b, kvh, d, t]
-            keys = jax.lax.dynamic_update_slice(
-                cache.keys, k_t[None].astype(cache.keys.dtype), (layer, 0, 0, cache_index, 0)
+        if cache is not None:  # written in place into this layer's own buffers (no copies)
+            # [b * kvh, t, d] and [b * kvh, d, t]: the buffers have the shape the reading dots use, so no reshape
+            # stands between the in-place update and the reads (XLA:CPU would copy the buffer for one)
+            kvh, d = cfg.kv_heads, cfg.head_size
+            if self.cache_rotated:  # the new slots sit at the queries' positions
+                k = apply_rope(k, rope.q_cos, rope.q_sin)
+            k_t = jnp.swapaxes(k, 1, 2).reshape(b * kvh, t, d).astype(cache.keys.dtype)
+            v_t = jnp.transpose(v, (0, 2, 3, 1)).reshape(b * kvh, d, t).astype(cache.values.dtype)
+            new_cache = WindowKV(
+                jax.lax.dynamic_update_slice(cache.keys, k_t, (0, cache_index, 0)),
+                jax.lax.dynamic_update_slice(cache.values, v_t, (0, 0, cache_index)),
             )
-            values = jax.lax.dynamic_update_slice(
-                cache.values, v_t[None].astype(cache.values.dtype), (layer, 0, 0, 0, cache_index)
-            )
-            new_cache = WindowKV(keys, values)
-            k, v = keys[layer], values[layer]
-        heads_axis = 1 if cache is not None else 2
+            size = cache.keys.shape[1]
+            k, v = new_cache.keys.reshape(b, kvh, size, d), new_cache.values.reshape(b, kvh, d, size)
         if self.use_rope:
             q = apply_rope(q, rope.q_cos, rope.q_sin)
-            k = apply_rope(k, rope.k_cos, rope.k_sin, heads_axis=heads_axis)
+            if cache is None:
+                k = apply_rope(k, rope.k_cos, rope.k_sin)
+            elif not self.cache_rotated:
+                k = apply_rope(k, rope.k_cos, rope.k_sin, heads_axis=1)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
         # Reading a store's memory (inference) may use another kernel than training and plain attention; a

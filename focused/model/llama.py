@@ -89,16 +89,19 @@ def _run_layer(
 
 
 class LocalCache(NamedTuple):
-    """The local (windowed) key/value cache used while generating; raw keys, rotated on use.
+    """The local (windowed) key/value cache used while generating: raw keys in memory layers (they move into
+    memory when the cache is full; rotated on use), keys rotated at their slot's position in the other layers.
 
-    keys: `[layers, batch, kv_heads, size, head_dim]`, values: `[layers, batch, kv_heads, head_dim, size]`
-        (size = max_position_embeddings): laid out so that one query reads each as a matrix-vector product over
-        contiguous rows (XLA:CPU would otherwise transpose every layer's cache for every decoded token)
+    keys: one `[batch * kv_heads, size, head_dim]` per layer, values: one `[batch * kv_heads, head_dim, size]` per
+        layer (size = max_position_embeddings): laid out so that one query reads each as a matrix-vector product
+        over contiguous rows, and kept per layer in the reading dots' own shapes so that each is updated in place
+        and read without a copy (XLA:CPU would otherwise transpose, slice out or copy every layer's cache for
+        every decoded token)
     valid: `[batch, size]` bool; length: `[]` int32 slots in use (the same for every row).
     """
 
-    keys: jax.Array
-    values: jax.Array
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
     valid: jax.Array
     length: jax.Array
 
@@ -149,17 +152,20 @@ class LlamaModel(nnx.Module):
         run = nnx.remat(_run_layer) if cfg.remat else _run_layer
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         new_kv: list[WindowKV] = []
-        # every layer writes its slot of the stacked cache buffers in place (slicing and re-stacking per-layer
-        # copies cost more than the attention itself when decoding)
-        stacked = None if cache is None else WindowKV(cache.keys, cache.values)
+        # every layer writes its own cache buffers in place
         index = 0 if cache is None else cache.length
+        new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
-            x, kv, stacked = run(layer, x, rope, mask, mem_by_layer.get(i), stacked, index)
+            own = None if cache is None else WindowKV(cache.keys[i], cache.values[i])
+            x, kv, own = run(layer, x, rope, mask, mem_by_layer.get(i), own, index)
             if kv is not None:
                 new_kv.append(kv)
+            if own is not None:
+                new_keys.append(own.keys)
+                new_values.append(own.values)
         out_cache = None
         if cache is not None:
-            out_cache = LocalCache(stacked.keys, stacked.values, valid, cache.length + input_ids.shape[1])
+            out_cache = LocalCache(tuple(new_keys), tuple(new_values), valid, cache.length + input_ids.shape[1])
         return self.norm(x), tuple(new_kv), out_cache
 
     def memory_kv(
