@@ -37,6 +37,7 @@ from focused.memory.core import MemoryBlock, heads_major
 from focused.memory.dense import check_capacity
 from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
+from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM, LocalCache
 
 
@@ -70,7 +71,7 @@ def _last_logits(
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
 def _cache_step(
-    graphdef: nnx.GraphDef,
+    graphdef: StaticGraph,
     params: nnx.State,
     reader: MemoryReader,
     cache: LocalCache,
@@ -79,16 +80,16 @@ def _cache_step(
 ) -> tuple[jax.Array, LocalCache]:
     """Runs `[batch, t]` tokens into the local cache (attending to memory and the cache); the last logits
     `[batch, vocab]` and the cache."""
-    return _last_logits(nnx.merge(graphdef, params), reader.blocks(), cache, input_ids, valid)
+    return _last_logits(merge(graphdef, params), reader.blocks(), cache, input_ids, valid)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _window_kv(
-    graphdef: nnx.GraphDef, params: nnx.State, reader: MemoryReader, input_ids: jax.Array, valid: jax.Array
+    graphdef: StaticGraph, params: nnx.State, reader: MemoryReader, input_ids: jax.Array, valid: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """One prefix window attending to memory → its raw keys/values `[mem_layers, batch, seq, kv_heads, head_dim]`
     (only up to the last memory layer's keys/values: a prefix window's hidden states and logits are never used)."""
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params)
     window_kv = model.model.memory_kv(input_ids, valid, reader.blocks())
     if not window_kv:
         empty = jnp.zeros((0, *input_ids.shape, model.config.kv_heads, model.config.head_size))
@@ -141,7 +142,7 @@ def ingest(
     prefix = max(n - last, 0)
     capacity = capacity or memory_cfg.capacity or max(-(-(prefix + window) // window) * window, window)
     memory = new_store(cfg, batch, memory_cfg, capacity)
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     for start in tqdm(range(0, prefix, window), desc="ingest", unit="win", disable=not progress):
         stop = min(start + window, prefix)
         check_capacity(memory.stored, stop - start, memory.capacity, memory.policy)
@@ -158,7 +159,7 @@ def decode(model: LlamaForCausalLM, state: GenerationState, tokens: jax.Array) -
     """Feeds one token per row `[batch]`, moving a full local cache to memory first (LongLLaMA's rule)."""
     if state.cache_length + 1 > model.config.max_position_embeddings:
         state = _flush(model, state)
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     ids = jnp.asarray(tokens, jnp.int32)[:, None]
     logits, cache = _cache_step(graphdef, params, state.memory.reader(), state.cache, ids, jnp.ones_like(ids, bool))
     return state._replace(cache=cache, logits=logits, cache_length=state.cache_length + 1)
@@ -209,7 +210,7 @@ def _next_token(
     jax.jit, static_argnames=("graphdef", "temperature", "top_p", "eos_token_id"), donate_argnames=("carry",)
 )
 def _decode_segment(
-    graphdef: nnx.GraphDef,
+    graphdef: StaticGraph,
     params: nnx.State,
     reader: MemoryReader,
     carry: _Decoding,
@@ -221,7 +222,7 @@ def _decode_segment(
     """Up to `steps` rounds of (sample a token from the logits; feed it through the model into the cache) in one
     `lax.while_loop`, stopping early once every row has produced eos. Memory is read-only here: the caller moves
     a full cache into memory between segments, so `steps` never exceeds the free cache slots."""
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params)
     # every step reads the same memory: lay it out once for reading (no transpose of the buffer per token)
     blocks = tuple(heads_major(b) if isinstance(b, MemoryBlock) else b for b in reader.blocks())
 
@@ -295,7 +296,7 @@ def generate_from(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     window = model.config.max_position_embeddings
     batch = state.logits.shape[0]
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     eos = eos_token_id
     carry = _Decoding(
         cache=state.cache,

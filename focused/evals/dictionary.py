@@ -46,6 +46,7 @@ from focused.memory.dense import DenseMemoryState, append_window, check_capacity
 from focused.memory.faiss_index import KnnIndexConfig
 from focused.memory.knn import KnnRetriever, add_window, new_store
 from focused.model.attention import WindowKV
+from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
 
 EVAL_STREAM = 0x5EED  # eval documents draw from (seed, EVAL_STREAM, N, trial): never a training document
@@ -241,7 +242,7 @@ def _backend(model: LlamaForCausalLM, cfg: MemoryConfig, size: int, device_up_to
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "predict"), donate_argnames=("state",))
 def _device_step(
-    graphdef: nnx.GraphDef,
+    graphdef: StaticGraph,
     params: nnx.State,
     state: DenseMemoryState,
     input_ids: jax.Array,
@@ -250,7 +251,7 @@ def _device_step(
     predict: bool,
 ) -> tuple[jax.Array | None, DenseMemoryState]:
     """One window `[batch, W]` with on-device memory → (argmax `[batch, W]` if `predict`, memory with the window)."""
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params)
     blocks = memory_blocks(state, top_k)
     if not predict:  # filling: the last memory layer's read only feeds discarded logits
         blocks = (*blocks[:-1], None)
@@ -260,24 +261,24 @@ def _device_step(
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _fill_kv(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _fill_kv(graphdef: StaticGraph, params: nnx.State, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Many filling windows of a single-memory-layer model at once: input_ids `[batch, n, W]` → the memory
     layer's raw keys, values `[1, batch, n * W, kv_heads, head_dim]` (the layers below read no memory)."""
     b, n, w = input_ids.shape
-    out = nnx.merge(graphdef, params)(input_ids.reshape(b * n, w))
+    out = merge(graphdef, params)(input_ids.reshape(b * n, w))
     (kv,) = out.memory_kv
     return tuple(x.reshape(1, b, n * w, *x.shape[2:]) for x in (kv.keys, kv.values))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _local_step(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array, valid: jax.Array) -> jax.Array:
+def _local_step(graphdef: StaticGraph, params: nnx.State, input_ids: jax.Array, valid: jax.Array) -> jax.Array:
     """One window `[batch, W]` of a model without memory → argmax `[batch, W]`."""
-    return nnx.merge(graphdef, params)(input_ids, attention_mask=valid).logits.argmax(-1).astype(jnp.int32)
+    return merge(graphdef, params)(input_ids, attention_mask=valid).logits.argmax(-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "memory", "predict"))
 def _knn_step(
-    graphdef: nnx.GraphDef,
+    graphdef: StaticGraph,
     params: nnx.State,
     input_ids: jax.Array,
     valid: jax.Array,
@@ -286,7 +287,7 @@ def _knn_step(
 ) -> tuple[jax.Array | None, jax.Array, jax.Array]:
     """One window `[batch, W]` searching FAISS → (argmax `[batch, W]` if `predict`, the window's raw keys and
     values `[mem_layers, batch, W, kv_heads, head_dim]` for the host to add)."""
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params)
     out = model(input_ids, attention_mask=valid, memory=memory)
     keys = jnp.stack([kv.keys for kv in out.memory_kv])
     values = jnp.stack([kv.values for kv in out.memory_kv])
@@ -321,7 +322,7 @@ def score_documents(
     pad = (-length) % window  # left padding: the document ends exactly at a window boundary
     n_windows = (length + pad) // window
     capacity = memory_cfg.capacity or n_windows * window
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     state, store, retrievers = None, None, ()
     if backend.startswith("faiss"):
         index = KnnIndexConfig(**{**dict(memory_cfg.index), "capacity": capacity, "policy": memory_cfg.policy})

@@ -45,6 +45,7 @@ from focused.data import DataSourceConfig, Tokenizer, load_documents
 from focused.evals.report import EvalResults, Series
 from focused.memory.backends import MemoryConfig, run_long
 from focused.memory.dense import init_memory, window_step
+from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
 
 SETTINGS = ("single", "distractors")
@@ -161,10 +162,10 @@ def _nll(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "skip"))
 def _local_nll(
-    graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array, labels: jax.Array, weights: jax.Array, skip: int
+    graphdef: StaticGraph, params: nnx.State, ids: jax.Array, labels: jax.Array, weights: jax.Array, skip: int
 ) -> tuple[jax.Array, jax.Array]:
     """`_nll` of the positions after the first `skip` of `[b, skip + t]` tokens read in one local window."""
-    logits = nnx.merge(graphdef, params)(ids).logits[:, skip:]
+    logits = merge(graphdef, params)(ids).logits[:, skip:]
     return _nll(logits, labels, weights)
 
 
@@ -185,7 +186,7 @@ def stream_nll(
     many tokens before it in one local window (positions from 0), scoring only the window itself.
     """
     rows, total = inputs.shape
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     loss, count = np.zeros(rows), np.zeros(rows)
     if local_context:
         if capacity or model.config.mem_layers:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from focused.memory.core import MemoryBlock
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
+from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
 
 POLICIES = ("error", "drop_oldest")
@@ -97,7 +98,7 @@ def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], vali
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "top_k", "view"), donate_argnames=("state",))
 def window_step(
-    graphdef: nnx.GraphDef,
+    graphdef: StaticGraph,
     params: nnx.State,
     state: DenseMemoryState,
     input_ids: jax.Array,
@@ -109,7 +110,7 @@ def window_step(
     """One window `[batch, seq]` attending to the first `view` memory slots, then appended to the memory;
     returns (logits `[batch, seq or k, vocab]`, memory). logit_positions `[k]`: the window positions whose logits
     are wanted (None = all; an empty array skips the lm_head)."""
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params)
     out = model(
         input_ids, attention_mask=valid, memory=memory_blocks(state, top_k, view), logit_positions=logit_positions
     )
@@ -203,7 +204,7 @@ def forward_long(
         wanted = np.asarray(logits, np.int64).reshape(-1)
         if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
             raise ValueError(f"logit positions must lie in [0, {n}), got {wanted.min()}..{wanted.max()}")
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     written = int(memory.length)
     starts = window_starts(n, window, cfg.last_context_length, split)
     pieces, order = [], []

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from focused.memory.core import RetrievedMemory
 from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
 
 
@@ -159,13 +160,13 @@ class KnnRetriever:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "retrievers"))
 def knn_window_step(
-    graphdef: nnx.GraphDef,
+    graphdef: StaticGraph,
     params: nnx.State,
     input_ids: jax.Array,
     valid: jax.Array,
     retrievers: tuple[KnnRetriever, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params)
     out = model(input_ids, attention_mask=valid, memory=retrievers)
     keys = jnp.stack([kv.keys for kv in out.memory_kv])  # [mem_layers, batch, seq, kv_heads, head_dim]
     values = jnp.stack([kv.values for kv in out.memory_kv])
@@ -199,7 +200,7 @@ def forward_long_knn(
     valid = np.ones((batch, n), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
     if store.batch != batch:
         raise ValueError(f"the kNN store holds {store.batch} rows but the input has {batch}")
-    graphdef, params = nnx.split(model)
+    graphdef, params = split_static(model)
     retrievers = tuple(KnnRetriever(store, i, k) for i in range(len(cfg.mem_layers)))
     logits = []
     for start in tqdm(range(0, n, window), desc="windows", disable=not progress, unit="win"):
