@@ -18,8 +18,9 @@ timing every task on both sides back to back (the side that goes first alternate
                   steps in that span. The generated tokens are compared as a check.
 
 Reported per task: the median seconds of each side and official / focused (> 1: focused is faster), plus each
-worker's peak RSS (loading the folder, then every task of that model). The first round of every task is a
-warm-up (JAX compiles there) and is not reported.
+worker's peak RSS (loading the folder, then every task of that model; `focused_ingest_only`: a fresh focused worker
+that only runs `ingest` of the longest input). The first round of every task is a warm-up (JAX compiles there) and
+is not reported.
 
 Contention flatters JAX (PyTorch's OpenMP threads slow down 5-10x under load), so the script refuses to start when
 the 1-minute load average is above --max-load (1.5), and marks the results invalid when other processes used more
@@ -183,7 +184,7 @@ def focused_worker(args: argparse.Namespace) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
-        task = ("ingest", 0) if cmd["op"] == "ingest" else ("decode", 0, cmd["new_tokens"])
+        task = ("decode", 0, cmd["new_tokens"]) if cmd["op"] == "decode" else (cmd["op"], 0)
         reply = {"seconds": focused_tasks(model, np.load(cmd["prompt"]), task)}
         if "tokens" in reply["seconds"]:
             reply["tokens"] = reply["seconds"].pop("tokens")
@@ -215,6 +216,11 @@ def focused_tasks(model, prompt: np.ndarray, task: tuple) -> dict:
     from focused.memory.dense import forward_long
 
     kind = task[0]
+    if kind == "ingest_only":  # the generation path alone (for its peak RSS in a fresh worker)
+        start = time.perf_counter()
+        state = ingest(model, prompt, progress=False)
+        jax.block_until_ready((state.logits, state.cache))
+        return {"ingest": time.perf_counter() - start}
     if kind == "ingest":
         start = time.perf_counter()
         logits, memory = forward_long(model, prompt, split="longllama", logits="all")
@@ -289,6 +295,12 @@ def main(args: argparse.Namespace) -> int:
         foreign.stop()
         for worker in workers.values():
             worker.close()
+        # the generation path's own footprint: a fresh focused worker that only runs `ingest` (no all-logits pass)
+        alone = Worker("focused", args, hf_dir)
+        longest = max((t for t in tasks if t[0] == "ingest"), key=lambda t: t[1], default=None)
+        if longest is not None:
+            rss["focused_ingest_only"] = alone(op="ingest_only", prompt=str(prompts[longest]))["peak_rss_gib"]
+        alone.close()
         rows = {}
         for task, sides in times.items():
             label = f"ingest {task[1]}" if task[0] == "ingest" else f"decode {task[2]} after {task[1]}"
@@ -307,7 +319,9 @@ def main(args: argparse.Namespace) -> int:
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in MODELS[name].items()},
             "rows": rows,
             "greedy_tokens_identical": same,
-            "peak_rss_gib": rss,  # each worker's own peak: loading the folder, then every task
+            # each worker's own peak: loading the folder, then every task (focused_ingest_only: a fresh worker
+            # running only `ingest` of the longest input, what generation needs)
+            "peak_rss_gib": rss,
             "official_threads": workers["official"].hello.get("threads"),
             "foreign_cpu_fraction": foreign.fraction,
         }
