@@ -216,20 +216,18 @@ def focused_tasks(model, prompt: np.ndarray, task: tuple) -> dict:
     from focused.memory.dense import forward_long
 
     kind = task[0]
-    if kind == "ingest_only":  # the generation path alone (for its peak RSS in a fresh worker)
-        start = time.perf_counter()
-        state = ingest(model, prompt, progress=False)
-        jax.block_until_ready((state.logits, state.cache))
-        return {"ingest": time.perf_counter() - start}
-    if kind == "ingest":
+    if kind in ("ingest", "ingest_only"):
         # `ingest` first: right after the all-logits pass (1 GiB of logits for the mid model at 8K, just freed) the
         # same ingest ran 20-35% slower in a probe (3.9 s alone, 4.8-5.4 s after it), an artifact of timing both
-        # variants in one process that no user's generation pays
+        # variants in one process that no user's generation pays. "ingest_only": the generation path alone (for
+        # its peak RSS in a fresh worker).
         start = time.perf_counter()
         state = ingest(model, prompt, progress=False)
         jax.block_until_ready((state.logits, state.cache))
         seconds = {"ingest": time.perf_counter() - start}
         del state
+        if kind == "ingest_only":
+            return seconds
         start = time.perf_counter()
         logits, memory = forward_long(model, prompt, split="longllama", logits="all")
         jax.block_until_ready((logits, memory))

@@ -9,8 +9,8 @@ training stopped by SIGINT / SIGTERM after saving a checkpoint. Without `--verbo
 
 Compiled XLA programs are kept on disk between runs (`compile_cache`: ~/.cache/focused/xla, or $FOCUSED_COMPILE_CACHE;
 "off" disables it; JAX's own JAX_COMPILATION_CACHE_DIR wins when set), so a second `eval.py` or `train.py` on the
-same shapes skips most of its compile time (mid model: the first 8K `forward_long` 12.2 s cold, 8.3 s warm; the first
-`generate` call 12.9 s vs 4.9 s).
+same shapes skips most of its compile time (mid model: the first 8K `forward_long` 12.3 s cold, 8.3 s warm; the first
+`generate` call 14.9 s vs 5.1 s).
 """
 
 from __future__ import annotations
