@@ -147,10 +147,10 @@ def ingest(
         stop = min(start + window, prefix)
         check_capacity(memory.stored, stop - start, memory.capacity, memory.policy)
         ids, ok = input_ids[:, start:stop], valid[:, start:stop]
-        keys, values = _window_kv(graphdef, params, memory.reader(), ids, ok)
+        keys, values = _window_kv(graphdef, params, memory.reader(stop - start), ids, ok)
         memory.append(keys, values, ok)
     logits, cache = _cache_step(
-        graphdef, params, memory.reader(), init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:]
+        graphdef, params, memory.reader(n - prefix), init_cache(cfg, batch), input_ids[:, prefix:], valid[:, prefix:]
     )
     return GenerationState(memory, cache, logits, n - prefix)
 

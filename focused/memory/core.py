@@ -32,8 +32,15 @@ IMPLS = ("reference", "flash")
 SCORE_BLOCK = 1 << 21
 
 
+def flash_chunk(kv_chunk: int, batch: int, heads: int, queries: int) -> int:
+    """Keys per chunk of the flash kernel: at least `kv_chunk`, grown to about SCORE_BLOCK scores per block."""
+    return max(kv_chunk, SCORE_BLOCK // (batch * heads * queries))
+
+
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["keys", "values", "mask"], meta_fields=["top_k", "heads_major"]
+    jax.tree_util.register_dataclass,
+    data_fields=["keys", "values", "mask", "filled"],
+    meta_fields=["top_k", "heads_major"],
 )
 @dataclasses.dataclass(frozen=True)
 class MemoryBlock:
@@ -48,6 +55,8 @@ class MemoryBlock:
             each read is then a matrix-vector product over contiguous rows (keys for the scores, values for the
             weighted sum), which XLA:CPU does without transposing the whole buffer first. Read with the
             reference kernel.
+    filled: None, or an int32 scalar: slots from `filled` on are all masked (a buffer filled from slot 0), so the
+            flash kernel reads only the chunks below it (one compiled program for every fill level).
     """
 
     keys: jax.Array
@@ -55,6 +64,7 @@ class MemoryBlock:
     mask: jax.Array
     top_k: int | None = None
     heads_major: bool = False
+    filled: jax.Array | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -67,7 +77,7 @@ def heads_major(block: MemoryBlock) -> MemoryBlock:
     if block.heads_major:
         return block
     keys, values = jnp.moveaxis(block.keys, 2, 1), jnp.transpose(block.values, (0, 2, 3, 1))
-    return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True)
+    return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True, filled=block.filled)
 
 
 class RetrievedMemory(NamedTuple):
@@ -214,11 +224,12 @@ def memory_attention(
     if impl == "flash" and (memory is None or dense_block):
         from focused.memory.flash import flash_attention_sets
 
-        key_sets = ((k, v, local_mask),)
-        kv_chunk = max(kv_chunk, SCORE_BLOCK // (batch * heads * seq))
+        key_sets, limits = ((k, v, local_mask),), (None,)
+        kv_chunk = flash_chunk(kv_chunk, batch, heads, seq)
         if memory is not None:  # memory and local keys share one softmax without being concatenated
             key_sets = ((memory.keys, memory.values, memory.mask[:, None, :]), *key_sets)
-        return flash_attention_sets(qg, key_sets, kv_chunk).reshape(batch, seq, heads, dim)
+            limits = (memory.filled, None)
+        return flash_attention_sets(qg, key_sets, kv_chunk, limits).reshape(batch, seq, heads, dim)
     if not chunked or isinstance(memory, RetrievedMemory):
         out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k, local_heads_major)
     else:

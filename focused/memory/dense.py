@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from focused.memory.core import MemoryBlock
+from focused.memory.core import MemoryBlock, flash_chunk
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
@@ -59,21 +59,37 @@ def memory_blocks(
     """One `MemoryBlock` per memory layer over the first `view` slots (default all; empty slots are masked out).
 
     top_k: None = dense attention over all of memory; k = exact top-k on device (the `topk` backend).
+    Slots fill from 0 until the ring buffer wraps, so each block carries its fill level (`MemoryBlock.filled`).
     """
-    n = state.keys.shape[0]
+    n, capacity = state.keys.shape[0], state.mask.shape[1]
     cut = slice(None, view)
+    filled = jnp.minimum(state.length, min(capacity, view or capacity)).astype(jnp.int32)
     return tuple(
-        MemoryBlock(state.keys[i][:, cut], state.values[i][:, cut], state.mask[:, cut], top_k) for i in range(n)
+        MemoryBlock(state.keys[i][:, cut], state.values[i][:, cut], state.mask[:, cut], top_k, filled=filled)
+        for i in range(n)
     )
 
 
-def memory_view(written: int, capacity: int, minimum: int) -> int:
+def memory_view(written: int, capacity: int, minimum: int, whole_from: int | None = None) -> int:
     """How many leading slots attention must look at: the filled ones, rounded up to a power of two (so only
     log2(capacity) shapes compile), or all of them once the ring buffer has wrapped. Slots past `written` are
-    empty, so leaving them out changes nothing but the cost."""
+    empty, so leaving them out changes nothing but the cost.
+
+    whole_from: the flash kernel's chunk (`read_chunk`): it reads only the chunks below the fill level, so a view
+    of at least one chunk costs no more than the whole buffer, which is then used (one compiled program for all
+    larger fill levels)."""
     if written >= capacity:
         return capacity
-    return min(capacity, max(minimum, 1 << max(written - 1, 0).bit_length()))
+    view = min(capacity, max(minimum, 1 << max(written - 1, 0).bit_length()))
+    return capacity if whole_from is not None and view >= whole_from else view
+
+
+def read_chunk(config: LlamaConfig, batch: int, queries: int, top_k: int | None = None) -> int | None:
+    """The flash kernel's key chunk when `queries` positions per row read a dense memory, else None (the
+    reference kernel and exact top-k read every slot of the view)."""
+    if config.memory_read_impl != "flash" or top_k is not None:
+        return None
+    return flash_chunk(config.attention_chunk, batch, config.num_attention_heads, queries)
 
 
 def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], valid: jax.Array) -> DenseMemoryState:
@@ -214,7 +230,7 @@ def forward_long(
         zip(starts, [*starts[1:], n], strict=True), total=len(starts), desc="windows", disable=not progress, unit="win"
     ):
         check_capacity(written, stop - start, memory.mask.shape[1], policy)
-        view = memory_view(written, memory.mask.shape[1], window)
+        view = memory_view(written, memory.mask.shape[1], window, read_chunk(cfg, batch, stop - start, top_k))
         ids, ok = input_ids[:, start:stop], valid[:, start:stop]
         if logits == "all":
             positions = None

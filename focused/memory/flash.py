@@ -16,6 +16,11 @@ Masked scores use the reference's finite `MASKED` value, so a fully masked query
 weights as the reference softmax. When a set's length is not a multiple of `chunk`, its last chunk starts earlier
 (overlapping the previous one) and the overlap is excluded with -inf, so every key counts once.
 
+A key set may come with a *fill level* (`limits`: a traced int32 scalar per set, or None): only its first `limit`
+keys can be unmasked (a memory buffer filled from slot 0), so the forward pass reads `ceil(limit / chunk)` chunks in
+a loop with that many trips instead of all of them, and one compiled program serves every fill level. The backward
+pass still reads every chunk (keys past the limit are masked, so their terms are zero): training never sets one.
+
 Layouts (grouped-query attention: `g = heads // kv_heads` query heads share a key/value head):
     q `[b, t, kvh, g, d]`; per set k, v `[b, n, kvh, d]` (any dtype, cast per chunk), mask `[b, t or 1, n]` bool
     (True = may attend; a leading 1 broadcasts over queries, e.g. a memory mask) → `[b, t, kvh, g, d]`.
@@ -63,7 +68,7 @@ def _sizes(key_sets: tuple[KeySet, ...], chunk: int) -> list[tuple[int, int]]:
     return out
 
 
-def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int):
+def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int, limits: tuple[jax.Array | None, ...]):
     b, t, kvh, g, d = q.shape
     scale = d**-0.5
     qt = jnp.transpose(q, (0, 2, 3, 1, 4))  # [b, kvh, g, t, d]
@@ -72,11 +77,11 @@ def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int):
         jnp.zeros((b, kvh, g, t), F32),
         jnp.zeros((b, kvh, g, t, d), F32),
     )
-    for key_set, (size, count) in zip(key_sets, _sizes(key_sets, chunk), strict=True):
+    for key_set, (size, count), limit in zip(key_sets, _sizes(key_sets, chunk), limits, strict=True):
         if key_set[0].shape[1] == 0:
             continue
 
-        def body(carry, j, key_set=key_set, size=size):
+        def body(j, carry, key_set=key_set, size=size):
             m, l, acc = carry
             kj, vj, mj, _, fresh = _chunk_of(key_set, j, size, q.dtype)
             s = _scores(qt, kj, mj, fresh, scale)
@@ -84,28 +89,43 @@ def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int):
             p = jnp.exp(s - m_new[..., None])
             corr = jnp.exp(m - m_new)
             pv = jnp.einsum("bkgtc,bckd->bkgtd", p.astype(vj.dtype), vj, preferred_element_type=F32)
-            return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv), None
+            return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
 
-        carry, _ = jax.lax.scan(body, carry, jnp.arange(count))
+        trips = count if limit is None else jnp.clip(-(-jnp.asarray(limit, jnp.int32) // size), 0, count)
+        carry = jax.lax.fori_loop(0, trips, body, carry)
     m, l, acc = carry
     out = (acc / l[..., None]).astype(key_sets[-1][1].dtype)  # [b, kvh, g, t, d]
     return jnp.transpose(out, (0, 3, 1, 2, 4)), (m, l)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def flash_attention_sets(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int = 512) -> jax.Array:
+def flash_attention_sets(
+    q: jax.Array,
+    key_sets: tuple[KeySet, ...],
+    chunk: int = 512,
+    limits: tuple[jax.Array | None, ...] | None = None,
+) -> jax.Array:
     """Softmax attention `[b, t, kvh, g, d]` over several key sets sharing one softmax (see the module docstring).
-    The output dtype is that of the last set's values."""
-    return _forward(q, key_sets, chunk)[0]
+    limits: per set, None or the number of leading keys that may be unmasked (int32 scalar). The output dtype is
+    that of the last set's values."""
+    return _forward(q, key_sets, chunk, _limits(key_sets, limits))[0]
 
 
-def _fwd(q, key_sets, chunk):
-    out, stats = _forward(q, key_sets, chunk)
-    return out, (q, key_sets, out, stats)
+def _limits(key_sets: tuple[KeySet, ...], limits) -> tuple[jax.Array | None, ...]:
+    if limits is None:
+        return (None,) * len(key_sets)
+    if len(limits) != len(key_sets):
+        raise ValueError(f"got {len(limits)} fill limits for {len(key_sets)} key sets")
+    return tuple(limits)
+
+
+def _fwd(q, key_sets, chunk, limits=None):
+    out, stats = _forward(q, key_sets, chunk, _limits(key_sets, limits))
+    return out, (q, key_sets, out, stats, limits)
 
 
 def _bwd(chunk, residuals, d_out):
-    q, key_sets, out, (m, l) = residuals
+    q, key_sets, out, (m, l), limits = residuals
     b, t, kvh, g, d = q.shape
     scale = d**-0.5
     qt = jnp.transpose(q, (0, 2, 3, 1, 4))
@@ -138,7 +158,8 @@ def _bwd(chunk, residuals, d_out):
         (dq, dk, dv), _ = jax.lax.scan(body, (dq, zeros, zeros), jnp.arange(count))
         set_grads.append((dk.astype(k.dtype), dv.astype(v.dtype), None))
     dq = jnp.transpose(dq, (0, 3, 1, 2, 4))
-    return dq.astype(q.dtype), tuple(set_grads)
+    no_limits = None if limits is None else tuple(None for _ in limits)  # integer fill levels have no gradient
+    return dq.astype(q.dtype), tuple(set_grads), no_limits
 
 
 flash_attention_sets.defvjp(_fwd, _bwd)

@@ -38,6 +38,7 @@ from focused.memory.dense import (
     init_memory,
     memory_blocks,
     memory_view,
+    read_chunk,
 )
 from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
 from focused.memory.knn import KnnRetriever, add_window
@@ -67,7 +68,9 @@ class MemoryStore(Protocol):
     @property
     def policy(self) -> str: ...
 
-    def reader(self) -> MemoryReader: ...
+    def reader(self, queries: int | None = None) -> MemoryReader:
+        """What a jitted step reads; `queries`: positions per row that will read it at once (a window), if known."""
+        ...
 
     def append(self, keys: jax.Array, values: jax.Array, valid: jax.Array) -> None: ...
 
@@ -123,8 +126,9 @@ class DenseStore:
     def policy(self) -> str:
         return self._policy
 
-    def reader(self) -> DenseReader:
-        view = memory_view(self._stored, self.capacity, self.config.max_position_embeddings)
+    def reader(self, queries: int | None = None) -> DenseReader:
+        whole_from = None if queries is None else read_chunk(self.config, self.state.mask.shape[0], queries, self.top_k)
+        view = memory_view(self._stored, self.capacity, self.config.max_position_embeddings, whole_from)
         return DenseReader(self.state, self.top_k, view)
 
     def append(self, keys: jax.Array, values: jax.Array, valid: jax.Array) -> None:
@@ -175,7 +179,7 @@ class FaissStore:
     def policy(self) -> str:
         return self.store.config.policy
 
-    def reader(self) -> KnnReader:
+    def reader(self, queries: int | None = None) -> KnnReader:
         return self._reader
 
     def append(self, keys: jax.Array, values: jax.Array, valid: jax.Array) -> None:

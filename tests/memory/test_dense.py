@@ -180,3 +180,38 @@ def test_a_heads_major_memory_block_gives_the_same_attention(top_k):
     got = jax.jit(lambda block: memory_attention(q, k, v, local, block, impl="flash"))(turned)  # flash: falls back
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=0)
     assert float(jnp.abs(want - memory_attention(q, k, v, local, None)).max()) > 1e-2  # memory matters here
+
+
+def test_memory_view_grows_in_powers_of_two_and_jumps_to_the_whole_buffer_at_one_flash_chunk():
+    from focused.memory.dense import memory_view, read_chunk
+
+    assert [memory_view(w, 256, 16) for w in (0, 16, 17, 40, 129, 256, 300)] == [16, 16, 32, 64, 256, 256, 256]
+    assert [memory_view(w, 256, 16, whole_from=64) for w in (0, 17, 33, 65)] == [16, 32, 256, 256]
+    config = tiny_config(attention_chunk=8)
+    assert read_chunk(config, batch=2, queries=16) == max(8, (1 << 21) // (2 * 4 * 16))
+    assert read_chunk(config, batch=2, queries=16, top_k=4) is None  # exact top-k reads every slot of the view
+    assert read_chunk(config.replace(memory_read_impl="reference"), batch=2, queries=16) is None
+
+
+def test_forward_long_with_flash_compiles_one_window_program_past_the_first_chunk(monkeypatch):
+    """The flash read skips empty chunks (`MemoryBlock.filled`), so once the filled slots reach one chunk every window
+    reads the whole buffer: one program for small views, one for the whole, instead of one per power of two; the
+    logits equal the reference kernel's."""
+    import focused.memory.core as core
+    import focused.memory.dense as dense
+
+    for module in (core, dense):  # chunks of attention_chunk keys, not grown for few queries
+        monkeypatch.setattr(module, "flash_chunk", lambda kv_chunk, batch, heads, queries: kv_chunk)
+    config = tiny_config(attention_chunk=32)
+    flash = build(config, seed=41)
+    ref = nnx.merge(nnx.graphdef(build(config.replace(memory_read_impl="reference"))), nnx.state(flash))
+    ids = np.random.default_rng(42).integers(0, config.vocab_size, size=(1, 16 * 12))
+    views = []
+    real_view = dense.memory_view
+    monkeypatch.setattr(dense, "memory_view", lambda *a: views.append(real_view(*a)) or views[-1])
+    got, _ = forward_long(flash, ids)
+    assert sorted(set(views)) == [16, 192]  # capacity 192: from 32 filled slots on, every window reads it whole
+    views.clear()
+    want, _ = forward_long(ref, ids)
+    assert sorted(set(views)) == [16, 32, 64, 128, 192]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=0)
