@@ -1,8 +1,9 @@
 """Dense memory on the accelerator and the window-by-window forward pass over long inputs.
 
-The memory of every memory layer is one preallocated buffer (no re-allocation per window):
+The memory of every memory layer is one preallocated buffer per layer (no re-allocation per window; a layer's
+buffer is read and updated in place, never sliced out of a stack of all layers, which copied it for every window):
 
-    keys, values: `[mem_layers, batch, capacity, kv_heads, head_dim]` in `mem_dtype`
+    keys, values: one `[batch, capacity, kv_heads, head_dim]` array per memory layer, in `mem_dtype`
     mask:         `[batch, capacity]` bool (False for empty slots and for remembered padding)
     length:       scalar int32, how many slots have been written (may exceed capacity with `drop_oldest`)
 
@@ -33,8 +34,8 @@ POLICIES = ("error", "drop_oldest")
 
 
 class DenseMemoryState(NamedTuple):
-    keys: jax.Array  # [mem_layers, batch, capacity, kv_heads, head_dim]
-    values: jax.Array  # [mem_layers, batch, capacity, kv_heads, head_dim]
+    keys: tuple[jax.Array, ...]  # per memory layer [batch, capacity, kv_heads, head_dim]
+    values: tuple[jax.Array, ...]  # per memory layer [batch, capacity, kv_heads, head_dim]
     mask: jax.Array  # [batch, capacity] bool
     length: jax.Array  # [] int32: tokens written so far
 
@@ -43,11 +44,12 @@ def init_memory(config: LlamaConfig, batch: int, capacity: int) -> DenseMemorySt
     """An empty memory able to hold `capacity` tokens per batch row for every memory layer."""
     if capacity <= 0:
         raise ValueError(f"memory capacity must be positive, got {capacity}")
-    shape = (len(config.mem_layers), batch, capacity, config.kv_heads, config.head_size)
+    shape = (batch, capacity, config.kv_heads, config.head_size)
     dtype = resolve_dtype(config.mem_dtype)
+    layers = range(len(config.mem_layers))
     return DenseMemoryState(
-        keys=jnp.zeros(shape, dtype),
-        values=jnp.zeros(shape, dtype),
+        keys=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        values=tuple(jnp.zeros(shape, dtype) for _ in layers),
         mask=jnp.zeros((batch, capacity), bool),
         length=jnp.zeros((), jnp.int32),
     )
@@ -61,7 +63,7 @@ def memory_blocks(
     top_k: None = dense attention over all of memory; k = exact top-k on device (the `topk` backend).
     Slots fill from 0 until the ring buffer wraps, so each block carries its fill level (`MemoryBlock.filled`).
     """
-    n, capacity = state.keys.shape[0], state.mask.shape[1]
+    n, capacity = len(state.keys), state.mask.shape[1]
     cut = slice(None, view)
     filled = jnp.minimum(state.length, min(capacity, view or capacity)).astype(jnp.int32)
     return tuple(
@@ -102,11 +104,13 @@ def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], vali
     if not window_kv:  # a model without memory layers
         return state._replace(length=state.length + seq)
     slots = (state.length + jnp.arange(seq)) % capacity
-    keys = jnp.stack([kv.keys for kv in window_kv]).astype(state.keys.dtype)
-    values = jnp.stack([kv.values for kv in window_kv]).astype(state.values.dtype)
+
+    def write(buffers: tuple[jax.Array, ...], new: list[jax.Array]) -> tuple[jax.Array, ...]:
+        return tuple(b.at[:, slots].set(x.astype(b.dtype)) for b, x in zip(buffers, new, strict=True))
+
     return DenseMemoryState(
-        keys=state.keys.at[:, :, slots].set(keys),
-        values=state.values.at[:, :, slots].set(values),
+        keys=write(state.keys, [kv.keys for kv in window_kv]),
+        values=write(state.values, [kv.values for kv in window_kv]),
         mask=state.mask.at[:, slots].set(valid.astype(bool)),
         length=state.length + seq,
     )

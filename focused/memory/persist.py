@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from focused.memory.dense import DenseMemoryState
-from focused.model.config import LlamaConfig
+from focused.model.config import LlamaConfig, resolve_dtype
 
 # fields of the model config a memory depends on (shapes, and what the stored keys/values mean)
 FINGERPRINT_FIELDS = (
@@ -46,14 +46,20 @@ def _to_numpy(x: Any) -> tuple[np.ndarray, str]:
     return array, name
 
 
+def _stacked(layers: tuple[Any, ...], memory: DenseMemoryState, config: LlamaConfig) -> np.ndarray:
+    if layers:
+        return np.stack([np.asarray(layer) for layer in layers])
+    return np.zeros((0, *memory.mask.shape, config.kv_heads, config.head_size), resolve_dtype(config.mem_dtype))
+
+
 def save_memory(memory: DenseMemoryState, config: LlamaConfig, path: str | Path, *, overwrite: bool = False) -> Path:
     """Writes `path/memory.npz` and `path/memory.json`; refuses an existing memory unless overwrite."""
     path = Path(path)
     if (path / "memory.npz").exists() and not overwrite:
         raise FileExistsError(f"{path} already holds a saved memory: pass overwrite=True to replace it")
     path.mkdir(parents=True, exist_ok=True)
-    keys, key_dtype = _to_numpy(memory.keys)
-    values, _ = _to_numpy(memory.values)
+    keys, key_dtype = _to_numpy(_stacked(memory.keys, memory, config))  # the file keeps one [layers, ...] array
+    values, _ = _to_numpy(_stacked(memory.values, memory, config))
     tmp = path / "memory.tmp.npz"
     np.savez(tmp, keys=keys, values=values, mask=np.asarray(memory.mask), length=np.asarray(memory.length))
     header = {"format": 1, "backend": "dense", "dtype": key_dtype, "model": fingerprint(config)}
@@ -79,8 +85,8 @@ def load_memory(path: str | Path, config: LlamaConfig) -> DenseMemoryState:
         if header["dtype"] == "bfloat16":
             keys, values = keys.view(jnp.bfloat16), values.view(jnp.bfloat16)
         return DenseMemoryState(
-            keys=jnp.asarray(keys),
-            values=jnp.asarray(values),
+            keys=tuple(jnp.asarray(layer) for layer in keys),
+            values=tuple(jnp.asarray(layer) for layer in values),
             mask=jnp.asarray(data["mask"]),
             length=jnp.asarray(data["length"]),
         )
