@@ -53,8 +53,8 @@ class MemoryBlock:
     heads_major: static; True = keys laid out `[batch, kv_heads, mem, head_dim]` and values `[batch, kv_heads,
             head_dim, mem]` (`heads_major()`), for a memory read many times unchanged (every decoding step):
             each read is then a matrix-vector product over contiguous rows (keys for the scores, values for the
-            weighted sum), which XLA:CPU does without transposing the whole buffer first. Read with the
-            reference kernel.
+            weighted sum), which XLA:CPU does without transposing the whole buffer first; the flash kernel
+            reads each head's chunk in place. Dense memory stores keep this layout (`focused.memory.dense`).
     filled: None, or an int32 scalar: slots from `filled` on are all masked (a buffer filled from slot 0), so the
             flash kernel reads only the chunks below it (one compiled program for every fill level).
     """
@@ -198,7 +198,7 @@ def memory_attention(
       impl: "reference" (scores materialised, autodiff backward) or "flash" (`focused.memory.flash`: keys in
         chunks of at least `kv_chunk`, grown to about SCORE_BLOCK scores per chunk when there are few queries;
         online softmax, a hand-written backward that keeps no score tensor). "flash" serves
-        plain attention and a dense MemoryBlock; top-k, heads-major and retrieved (kNN) memory use the reference.
+        plain attention and a dense MemoryBlock (either layout); top-k and retrieved (kNN) memory use the reference.
       local_heads_major: k is `[batch, kv_heads, kv_len, head_dim]` and v `[batch, kv_heads, head_dim, kv_len]`
         (the decoding cache's layout, read by one query without transposing the cache); the flash kernel and
         query chunks get them transposed back.
@@ -220,16 +220,17 @@ def memory_attention(
         top_k = memory.top_k
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
-    dense_block = isinstance(memory, MemoryBlock) and top_k is None and not memory.heads_major
+    dense_block = isinstance(memory, MemoryBlock) and top_k is None
     if impl == "flash" and (memory is None or dense_block):
         from focused.memory.flash import flash_attention_sets
 
-        key_sets, limits = ((k, v, local_mask),), (None,)
+        key_sets, limits, layouts = ((k, v, local_mask),), (None,), (False,)
         kv_chunk = flash_chunk(kv_chunk, batch, heads, seq)
         if memory is not None:  # memory and local keys share one softmax without being concatenated
             key_sets = ((memory.keys, memory.values, memory.mask[:, None, :]), *key_sets)
-            limits = (memory.filled, None)
-        return flash_attention_sets(qg, key_sets, kv_chunk, limits).reshape(batch, seq, heads, dim)
+            limits, layouts = (memory.filled, None), (memory.heads_major, False)
+        out = flash_attention_sets(qg, key_sets, kv_chunk, limits, layouts)
+        return out.reshape(batch, seq, heads, dim)
     if not chunked or isinstance(memory, RetrievedMemory):
         out = _attend_chunk(qg, k, v, local_mask, memory, scale, top_k, local_heads_major)
     else:

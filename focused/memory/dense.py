@@ -1,9 +1,12 @@
 """Dense memory on the accelerator and the window-by-window forward pass over long inputs.
 
 The memory of every memory layer is one preallocated buffer per layer (no re-allocation per window; a layer's
-buffer is read and updated in place, never sliced out of a stack of all layers, which copied it for every window):
+buffer is read and updated in place, never sliced out of a stack of all layers, which copied it for every window),
+laid out heads-major (`MemoryBlock.heads_major`), the layout its readers want: each head's keys and values are
+contiguous, so neither a window's flash read nor a decoding step transposes the memory first:
 
-    keys, values: one `[batch, capacity, kv_heads, head_dim]` array per memory layer, in `mem_dtype`
+    keys:   one `[batch, kv_heads, capacity, head_dim]` array per memory layer, in `mem_dtype`
+    values: one `[batch, kv_heads, head_dim, capacity]` array per memory layer
     mask:         `[batch, capacity]` bool (False for empty slots and for remembered padding)
     length:       scalar int32, how many slots have been written (may exceed capacity with `drop_oldest`)
 
@@ -34,8 +37,8 @@ POLICIES = ("error", "drop_oldest")
 
 
 class DenseMemoryState(NamedTuple):
-    keys: tuple[jax.Array, ...]  # per memory layer [batch, capacity, kv_heads, head_dim]
-    values: tuple[jax.Array, ...]  # per memory layer [batch, capacity, kv_heads, head_dim]
+    keys: tuple[jax.Array, ...]  # per memory layer [batch, kv_heads, capacity, head_dim]
+    values: tuple[jax.Array, ...]  # per memory layer [batch, kv_heads, head_dim, capacity]
     mask: jax.Array  # [batch, capacity] bool
     length: jax.Array  # [] int32: tokens written so far
 
@@ -44,12 +47,13 @@ def init_memory(config: LlamaConfig, batch: int, capacity: int) -> DenseMemorySt
     """An empty memory able to hold `capacity` tokens per batch row for every memory layer."""
     if capacity <= 0:
         raise ValueError(f"memory capacity must be positive, got {capacity}")
-    shape = (batch, capacity, config.kv_heads, config.head_size)
+    keys = (batch, config.kv_heads, capacity, config.head_size)
+    values = (batch, config.kv_heads, config.head_size, capacity)
     dtype = resolve_dtype(config.mem_dtype)
     layers = range(len(config.mem_layers))
     return DenseMemoryState(
-        keys=tuple(jnp.zeros(shape, dtype) for _ in layers),
-        values=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        keys=tuple(jnp.zeros(keys, dtype) for _ in layers),
+        values=tuple(jnp.zeros(values, dtype) for _ in layers),
         mask=jnp.zeros((batch, capacity), bool),
         length=jnp.zeros((), jnp.int32),
     )
@@ -67,7 +71,7 @@ def memory_blocks(
     cut = slice(None, view)
     filled = jnp.minimum(state.length, min(capacity, view or capacity)).astype(jnp.int32)
     return tuple(
-        MemoryBlock(state.keys[i][:, cut], state.values[i][:, cut], state.mask[:, cut], top_k, filled=filled)
+        MemoryBlock(state.keys[i][:, :, cut], state.values[i][..., cut], state.mask[:, cut], top_k, True, filled=filled)
         for i in range(n)
     )
 
@@ -105,12 +109,13 @@ def append_window(state: DenseMemoryState, window_kv: tuple[WindowKV, ...], vali
         return state._replace(length=state.length + seq)
     slots = (state.length + jnp.arange(seq)) % capacity
 
-    def write(buffers: tuple[jax.Array, ...], new: list[jax.Array]) -> tuple[jax.Array, ...]:
-        return tuple(b.at[:, slots].set(x.astype(b.dtype)) for b, x in zip(buffers, new, strict=True))
-
+    pairs = list(zip(state.keys, state.values, window_kv, strict=True))
+    # a window's [b, seq, kvh, d] goes to keys [b, kvh, seq, d] and values [b, kvh, d, seq]
     return DenseMemoryState(
-        keys=write(state.keys, [kv.keys for kv in window_kv]),
-        values=write(state.values, [kv.values for kv in window_kv]),
+        keys=tuple(k.at[:, :, slots].set(jnp.moveaxis(kv.keys, 1, 2).astype(k.dtype)) for k, _, kv in pairs),
+        values=tuple(
+            v.at[..., slots].set(jnp.transpose(kv.values, (0, 2, 3, 1)).astype(v.dtype)) for _, v, kv in pairs
+        ),
         mask=state.mask.at[:, slots].set(valid.astype(bool)),
         length=state.length + seq,
     )

@@ -37,38 +37,54 @@ from focused.memory.core import MASKED
 
 F32 = jnp.float32
 KeySet = tuple[jax.Array, jax.Array, jax.Array]  # keys, values [b, n, kvh, d]; mask [b, t or 1, n]
+# einsum letters of a chunk's keys and values: token-major [b, c, kvh, d], or heads-major k [b, kvh, c, d] and
+# v [b, kvh, d, c] (a memory store's layout: each head's chunk is read in place, without a transposed copy)
+LAYOUTS = {False: ("bckd", "bckd"), True: ("bkcd", "bkdc")}
 
 
-def _chunk_of(key_set: KeySet, j: jax.Array, chunk: int, dtype):
-    """Chunk j of a key set: k, v `[b, chunk, kvh, d]` (as dtype), mask `[b, t|1, chunk]`, start, and `fresh`
-    `[chunk]` (False for keys an earlier chunk already covered)."""
+def _length(key_set: KeySet, heads_major: bool) -> int:
+    return key_set[0].shape[2 if heads_major else 1]
+
+
+def _chunk_of(key_set: KeySet, j: jax.Array, chunk: int, dtype, heads_major: bool = False):
+    """Chunk j of a key set: k, v (as dtype, `LAYOUTS`), mask `[b, t|1, chunk]`, start, and `fresh` `[chunk]`
+    (False for keys an earlier chunk already covered)."""
     k, v, mask = key_set
-    n = k.shape[1]
-    start = jnp.minimum(j * chunk, n - chunk)
-    kj = jax.lax.dynamic_slice_in_dim(k, start, chunk, axis=1).astype(dtype)
-    vj = jax.lax.dynamic_slice_in_dim(v, start, chunk, axis=1).astype(dtype)
+    start = jnp.minimum(j * chunk, _length(key_set, heads_major) - chunk)
+    k_axis, v_axis = (2, 3) if heads_major else (1, 1)
+    kj = jax.lax.dynamic_slice_in_dim(k, start, chunk, axis=k_axis).astype(dtype)
+    vj = jax.lax.dynamic_slice_in_dim(v, start, chunk, axis=v_axis).astype(dtype)
     mj = jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2)
     fresh = start + jnp.arange(chunk) >= j * chunk
     return kj, vj, mj, start, fresh
 
 
-def _scores(q: jax.Array, k: jax.Array, mask: jax.Array, fresh: jax.Array, scale: float) -> jax.Array:
-    """q `[b, kvh, g, t, d]`, k `[b, c, kvh, d]` → masked scores `[b, kvh, g, t, c]` float32."""
-    s = jnp.einsum("bkgtd,bckd->bkgtc", q, k, preferred_element_type=F32) * scale
+def _scores(
+    q: jax.Array, k: jax.Array, mask: jax.Array, fresh: jax.Array, scale: float, k_spec: str = "bckd"
+) -> jax.Array:
+    """q `[b, kvh, g, t, d]`, k `[b, c, kvh, d]` (or as `k_spec`) → masked scores `[b, kvh, g, t, c]` float32."""
+    s = jnp.einsum(f"bkgtd,{k_spec}->bkgtc", q, k, preferred_element_type=F32) * scale
     s = jnp.where(mask[:, None, None], s, MASKED)
     return jnp.where(fresh, s, -jnp.inf)
 
 
-def _sizes(key_sets: tuple[KeySet, ...], chunk: int) -> list[tuple[int, int]]:
+def _sizes(key_sets: tuple[KeySet, ...], chunk: int, layouts: tuple[bool, ...]) -> list[tuple[int, int]]:
     """(chunk size, number of chunks) per set: the chunk shrinks to the set's length when that is smaller."""
     out = []
-    for k, _, _ in key_sets:
-        size = max(min(chunk, k.shape[1]), 1)
-        out.append((size, -(-k.shape[1] // size)))
+    for key_set, heads_major in zip(key_sets, layouts, strict=True):
+        n = _length(key_set, heads_major)
+        size = max(min(chunk, n), 1)
+        out.append((size, -(-n // size)))
     return out
 
 
-def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int, limits: tuple[jax.Array | None, ...]):
+def _forward(
+    q: jax.Array,
+    key_sets: tuple[KeySet, ...],
+    chunk: int,
+    limits: tuple[jax.Array | None, ...],
+    layouts: tuple[bool, ...],
+):
     b, t, kvh, g, d = q.shape
     scale = d**-0.5
     qt = jnp.transpose(q, (0, 2, 3, 1, 4))  # [b, kvh, g, t, d]
@@ -77,18 +93,20 @@ def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int, limits: tup
         jnp.zeros((b, kvh, g, t), F32),
         jnp.zeros((b, kvh, g, t, d), F32),
     )
-    for key_set, (size, count), limit in zip(key_sets, _sizes(key_sets, chunk), limits, strict=True):
-        if key_set[0].shape[1] == 0:
+    sizes = _sizes(key_sets, chunk, layouts)
+    for key_set, (size, count), limit, heads_major in zip(key_sets, sizes, limits, layouts, strict=True):
+        if _length(key_set, heads_major) == 0:
             continue
 
-        def body(j, carry, key_set=key_set, size=size):
+        def body(j, carry, key_set=key_set, size=size, heads_major=heads_major):
             m, l, acc = carry
-            kj, vj, mj, _, fresh = _chunk_of(key_set, j, size, q.dtype)
-            s = _scores(qt, kj, mj, fresh, scale)
+            kj, vj, mj, _, fresh = _chunk_of(key_set, j, size, q.dtype, heads_major)
+            k_spec, v_spec = LAYOUTS[heads_major]
+            s = _scores(qt, kj, mj, fresh, scale, k_spec)
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.exp(s - m_new[..., None])
             corr = jnp.exp(m - m_new)
-            pv = jnp.einsum("bkgtc,bckd->bkgtd", p.astype(vj.dtype), vj, preferred_element_type=F32)
+            pv = jnp.einsum(f"bkgtc,{v_spec}->bkgtd", p.astype(vj.dtype), vj, preferred_element_type=F32)
             return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
 
         trips = count if limit is None else jnp.clip(-(-jnp.asarray(limit, jnp.int32) // size), 0, count)
@@ -98,17 +116,27 @@ def _forward(q: jax.Array, key_sets: tuple[KeySet, ...], chunk: int, limits: tup
     return jnp.transpose(out, (0, 3, 1, 2, 4)), (m, l)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 4))
 def flash_attention_sets(
     q: jax.Array,
     key_sets: tuple[KeySet, ...],
     chunk: int = 512,
     limits: tuple[jax.Array | None, ...] | None = None,
+    layouts: tuple[bool, ...] | None = None,
 ) -> jax.Array:
     """Softmax attention `[b, t, kvh, g, d]` over several key sets sharing one softmax (see the module docstring).
-    limits: per set, None or the number of leading keys that may be unmasked (int32 scalar). The output dtype is
-    that of the last set's values."""
-    return _forward(q, key_sets, chunk, _limits(key_sets, limits))[0]
+    limits: per set, None or the number of leading keys that may be unmasked (int32 scalar). layouts: per set,
+    True = heads-major keys `[b, kvh, n, d]` and values `[b, kvh, d, n]` (default: all token-major). The output
+    dtype is that of the last set's values."""
+    return _forward(q, key_sets, chunk, _limits(key_sets, limits), _layouts(key_sets, layouts))[0]
+
+
+def _layouts(key_sets: tuple[KeySet, ...], layouts) -> tuple[bool, ...]:
+    if layouts is None:
+        return (False,) * len(key_sets)
+    if len(layouts) != len(key_sets):
+        raise ValueError(f"got {len(layouts)} layouts for {len(key_sets)} key sets")
+    return tuple(bool(x) for x in layouts)
 
 
 def _limits(key_sets: tuple[KeySet, ...], limits) -> tuple[jax.Array | None, ...]:
@@ -119,13 +147,22 @@ def _limits(key_sets: tuple[KeySet, ...], limits) -> tuple[jax.Array | None, ...
     return tuple(limits)
 
 
-def _fwd(q, key_sets, chunk, limits=None):
-    out, stats = _forward(q, key_sets, chunk, _limits(key_sets, limits))
+def _fwd(q, key_sets, chunk, limits=None, layouts=None):
+    out, stats = _forward(q, key_sets, chunk, _limits(key_sets, limits), _layouts(key_sets, layouts))
     return out, (q, key_sets, out, stats, limits)
 
 
-def _bwd(chunk, residuals, d_out):
+def _token_major(key_set: KeySet) -> KeySet:
+    """A heads-major set (k `[b, kvh, n, d]`, v `[b, kvh, d, n]`) as token-major `[b, n, kvh, d]` (backward only)."""
+    k, v, mask = key_set
+    return jnp.moveaxis(k, 1, 2), jnp.transpose(v, (0, 3, 1, 2)), mask
+
+
+def _bwd(chunk, layouts, residuals, d_out):
     q, key_sets, out, (m, l), limits = residuals
+    layouts = _layouts(key_sets, layouts)
+    # the backward pass reads token-major sets; heads-major ones (inference memory) are transposed once
+    key_sets = tuple(_token_major(s) if hm else s for s, hm in zip(key_sets, layouts, strict=True))
     b, t, kvh, g, d = q.shape
     scale = d**-0.5
     qt = jnp.transpose(q, (0, 2, 3, 1, 4))
@@ -133,7 +170,7 @@ def _bwd(chunk, residuals, d_out):
     delta = jnp.sum(do * jnp.transpose(out, (0, 2, 3, 1, 4)).astype(F32), -1)  # [b, kvh, g, t]
     dq = jnp.zeros((b, kvh, g, t, d), F32)
     set_grads = []
-    for key_set, (size, count) in zip(key_sets, _sizes(key_sets, chunk), strict=True):
+    for key_set, (size, count) in zip(key_sets, _sizes(key_sets, chunk, (False,) * len(key_sets)), strict=True):
         k, v, _ = key_set
         if k.shape[1] == 0:
             set_grads.append((jnp.zeros_like(k), jnp.zeros_like(v), None))
@@ -157,6 +194,10 @@ def _bwd(chunk, residuals, d_out):
         zeros = jnp.zeros(k.shape, F32)
         (dq, dk, dv), _ = jax.lax.scan(body, (dq, zeros, zeros), jnp.arange(count))
         set_grads.append((dk.astype(k.dtype), dv.astype(v.dtype), None))
+    set_grads = [
+        (jnp.moveaxis(dk, 2, 1), jnp.transpose(dv, (0, 2, 3, 1)), None) if hm else (dk, dv, None)
+        for (dk, dv, _), hm in zip(set_grads, layouts, strict=True)
+    ]
     dq = jnp.transpose(dq, (0, 3, 1, 2, 4))
     no_limits = None if limits is None else tuple(None for _ in limits)  # integer fill levels have no gradient
     return dq.astype(q.dtype), tuple(set_grads), no_limits

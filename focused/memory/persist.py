@@ -46,9 +46,10 @@ def _to_numpy(x: Any) -> tuple[np.ndarray, str]:
     return array, name
 
 
-def _stacked(layers: tuple[Any, ...], memory: DenseMemoryState, config: LlamaConfig) -> np.ndarray:
+def _stacked(layers: tuple[Any, ...], memory: DenseMemoryState, config: LlamaConfig, axes: tuple) -> np.ndarray:
+    """Per-layer heads-major buffers → one token-major `[layers, batch, capacity, kv_heads, head_dim]` array."""
     if layers:
-        return np.stack([np.asarray(layer) for layer in layers])
+        return np.stack([np.transpose(np.asarray(layer), axes) for layer in layers])
     return np.zeros((0, *memory.mask.shape, config.kv_heads, config.head_size), resolve_dtype(config.mem_dtype))
 
 
@@ -58,8 +59,9 @@ def save_memory(memory: DenseMemoryState, config: LlamaConfig, path: str | Path,
     if (path / "memory.npz").exists() and not overwrite:
         raise FileExistsError(f"{path} already holds a saved memory: pass overwrite=True to replace it")
     path.mkdir(parents=True, exist_ok=True)
-    keys, key_dtype = _to_numpy(_stacked(memory.keys, memory, config))  # the file keeps one [layers, ...] array
-    values, _ = _to_numpy(_stacked(memory.values, memory, config))
+    # the file keeps the token-major [layers, batch, capacity, kv_heads, head_dim] format of earlier versions
+    keys, key_dtype = _to_numpy(_stacked(memory.keys, memory, config, (0, 2, 1, 3)))
+    values, _ = _to_numpy(_stacked(memory.values, memory, config, (0, 3, 1, 2)))
     tmp = path / "memory.tmp.npz"
     np.savez(tmp, keys=keys, values=values, mask=np.asarray(memory.mask), length=np.asarray(memory.length))
     header = {"format": 1, "backend": "dense", "dtype": key_dtype, "model": fingerprint(config)}
@@ -85,8 +87,8 @@ def load_memory(path: str | Path, config: LlamaConfig) -> DenseMemoryState:
         if header["dtype"] == "bfloat16":
             keys, values = keys.view(jnp.bfloat16), values.view(jnp.bfloat16)
         return DenseMemoryState(
-            keys=tuple(jnp.asarray(layer) for layer in keys),
-            values=tuple(jnp.asarray(layer) for layer in values),
+            keys=tuple(jnp.asarray(np.transpose(layer, (0, 2, 1, 3))) for layer in keys),
+            values=tuple(jnp.asarray(np.transpose(layer, (0, 2, 3, 1))) for layer in values),
             mask=jnp.asarray(data["mask"]),
             length=jnp.asarray(data["length"]),
         )

@@ -82,7 +82,7 @@ def test_empty_memory_layer_equals_plain_attention():
     nnx.update(plain, nnx.state(model, nnx.Param))
     ids = jnp.asarray(np.random.default_rng(8).integers(0, 97, size=(2, 16)))
     empty = init_memory(with_mem, batch=2, capacity=32)
-    blocks = tuple(MemoryBlock(empty.keys[i], empty.values[i], empty.mask) for i in range(3))
+    blocks = tuple(MemoryBlock(empty.keys[i], empty.values[i], empty.mask, heads_major=True) for i in range(3))
     got, want = model(ids, memory=blocks).logits, plain(ids).logits
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
 

@@ -161,3 +161,31 @@ def test_reading_a_memory_store_gives_the_same_logits_and_tokens_with_either_ker
 def test_memory_read_impl_is_validated():
     with pytest.raises(ValueError, match="memory_read_impl must be 'reference' or 'flash'"):
         tiny_config(memory_read_impl="fast")
+
+
+def test_a_heads_major_memory_set_gives_the_token_major_outputs_and_gradients():
+    """A memory store's heads-major set (keys `[b, kvh, n, d]`, values `[b, kvh, d, n]`, read in place) gives the
+    same outputs as the token-major set, and gradients that are the token-major ones transposed."""
+    b, t, kvh, g, d, n, chunk = 2, 6, 2, 2, 8, 13, 4
+    rng = np.random.default_rng(55)
+    q = jnp.asarray(rng.normal(size=(b, t, kvh, g, d)), jnp.float32)
+    mk, mv = (jnp.asarray(rng.normal(size=(b, n, kvh, d)), jnp.float32) for _ in range(2))
+    k, v = (jnp.asarray(rng.normal(size=(b, t, kvh, d)), jnp.float32) for _ in range(2))
+    mem_mask = jnp.asarray(rng.random((b, 1, n)) > 0.3)
+    local = causal_mask(jnp.ones((b, t), bool))
+    cot = jnp.asarray(rng.normal(size=(b, t, kvh, g, d)), jnp.float32)
+
+    def token_major(q, mk, mv):
+        return flash_attention_sets(q, ((mk, mv, mem_mask), (k, v, local)), chunk)
+
+    def heads_major(q, hk, hv):
+        return flash_attention_sets(q, ((hk, hv, mem_mask), (k, v, local)), chunk, None, (True, False))
+
+    hk, hv = jnp.moveaxis(mk, 1, 2), jnp.transpose(mv, (0, 2, 3, 1))
+    want = token_major(q, mk, mv)
+    np.testing.assert_allclose(np.asarray(heads_major(q, hk, hv)), np.asarray(want), atol=1e-5, rtol=0)
+    dq, dk, dv = grads_of(heads_major, (q, hk, hv), cot)
+    wq, wk, wv = grads_of(token_major, (q, mk, mv), cot)
+    np.testing.assert_allclose(np.asarray(dq), np.asarray(wq), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(dk), np.asarray(jnp.moveaxis(wk, 1, 2)), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(dv), np.asarray(jnp.transpose(wv, (0, 2, 3, 1))), atol=1e-5, rtol=0)
