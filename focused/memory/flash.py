@@ -20,10 +20,13 @@ A key set may come with a *fill level* (`limits`: a traced int32 scalar per set,
 keys can be unmasked (a memory buffer filled from slot 0), so the forward pass reads `ceil(limit / chunk)` chunks in
 a loop with that many trips instead of all of them, and one compiled program serves every fill level. The backward
 pass still reads every chunk (keys past the limit are masked, so their terms are zero): training never sets one.
+A fully masked query row (a padding position) then spreads its uniform weights over the keys read, not over all.
 
 Layouts (grouped-query attention: `g = heads // kv_heads` query heads share a key/value head):
     q `[b, t, kvh, g, d]`; per set k, v `[b, n, kvh, d]` (any dtype, cast per chunk), mask `[b, t or 1, n]` bool
     (True = may attend; a leading 1 broadcasts over queries, e.g. a memory mask) → `[b, t, kvh, g, d]`.
+    A set marked heads-major (`layouts`) has k `[b, kvh, n, d]` and v `[b, kvh, d, n]`: a dense memory store's
+    layout, read in place chunk by chunk.
 """
 
 from __future__ import annotations
