@@ -80,6 +80,35 @@ def heads_major(block: MemoryBlock) -> MemoryBlock:
     return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True, filled=block.filled)
 
 
+class RolledMemory(NamedTuple):
+    """CrossBatch memory (training) before it is laid out: row i sees row i-1-j's window where `visible[i, j]`.
+
+    keys, values: `[batch, seq, kv_heads, head_dim]` (the layer's own raw window keys/values); mask: `[batch, seq]`
+    bool (valid keys of each row's window); visible: `[batch, range]` bool. The flash kernel reads it in place, one
+    rolled window per loop step; `materialize()` builds the equivalent `MemoryBlock` (`[batch, range * seq, ...]`).
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    mask: jax.Array
+    visible: jax.Array
+
+    @property
+    def kv_heads(self) -> int:
+        return self.keys.shape[2]
+
+    def materialize(self) -> MemoryBlock:
+        """Block j of row i's memory holds row i-1-j (rolled along the batch axis; wrapped rows are not visible)."""
+        seq = self.mask.shape[1]
+        shifts = range(1, self.visible.shape[1] + 1)
+        if not shifts:
+            return MemoryBlock(self.keys[:, :0], self.values[:, :0], self.mask[:, :0])
+        keys = jnp.concatenate([jnp.roll(self.keys, s, axis=0) for s in shifts], axis=1)
+        values = jnp.concatenate([jnp.roll(self.values, s, axis=0) for s in shifts], axis=1)
+        valid = jnp.concatenate([jnp.roll(self.mask, s, axis=0) for s in shifts], axis=1)
+        return MemoryBlock(keys, values, valid & jnp.repeat(self.visible, seq, axis=1))
+
+
 class RetrievedMemory(NamedTuple):
     """Per-query memory: each query head's nearest memory entries (from a kNN index such as FAISS).
 
@@ -175,7 +204,7 @@ def memory_attention(
     k: jax.Array,
     v: jax.Array,
     local_mask: jax.Array,
-    memory: MemoryBlock | RetrievedMemory | None = None,
+    memory: MemoryBlock | RetrievedMemory | RolledMemory | None = None,
     *,
     query_chunk: int | None = None,
     top_k: int | None = None,
@@ -190,7 +219,7 @@ def memory_attention(
       k, v: `[batch, kv_len, kv_heads, head_dim]` local keys (rotated) and values.
       local_mask: `[batch, seq, kv_len]` bool, True where query t may attend to local key s.
       memory: a `MemoryBlock` (shared by all queries), a `RetrievedMemory` (per-query neighbours from a kNN
-        index), or None for plain attention.
+        index), a `RolledMemory` (CrossBatch training; materialised unless the flash kernel reads it), or None.
       top_k: with a MemoryBlock, keep only each query's top_k memory scores (exact kNN on device) before the
         softmax over [top-k ; local]; None = all of memory (dense).
       query_chunk: process queries in chunks of this many positions (LongLLaMA's `mem_attention_grouping`),
@@ -220,6 +249,16 @@ def memory_attention(
         top_k = memory.top_k
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
+    if isinstance(memory, RolledMemory) and memory.kv_heads != kv_heads:
+        raise ValueError(f"memory has {memory.kv_heads} kv heads, the layer has {kv_heads}")
+    if isinstance(memory, RolledMemory) and (impl != "flash" or top_k is not None or chunked):
+        memory = memory.materialize()
+    if isinstance(memory, RolledMemory):  # CrossBatch read in place by the flash kernel
+        from focused.memory.flash import flash_attention_sets
+
+        kv_chunk = flash_chunk(kv_chunk, batch, heads, seq)
+        out = flash_attention_sets(qg, (memory, (k, v, local_mask)), kv_chunk)
+        return out.reshape(batch, seq, heads, dim)
     dense_block = isinstance(memory, MemoryBlock) and top_k is None
     if impl == "flash" and (memory is None or dense_block):
         from focused.memory.flash import flash_attention_sets

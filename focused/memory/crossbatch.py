@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focused.memory.core import MemoryBlock
+from focused.memory.core import MemoryBlock, RolledMemory
 
 
 @jax.tree_util.register_static
@@ -66,6 +66,13 @@ class CrossBatch:
             seen &= (rows - offsets[None, :]) // self.group == rows // self.group
         return seen
 
+    def rolled(self, keys: jax.Array, values: jax.Array, key_valid: jax.Array) -> RolledMemory:
+        """Every row's memory, not yet laid out: keys, values `[batch, seq, kv_heads, head_dim]` raw (un-rotated),
+        key_valid `[batch, seq]` bool. The flash kernel reads it one rolled window at a time; anything else calls
+        `materialize()` (the same as `memory`)."""
+        visible = jnp.asarray(self.visible(key_valid.shape[0]))  # [batch, range]
+        return RolledMemory(keys, values, key_valid, visible)
+
     def memory(self, keys: jax.Array, values: jax.Array, key_valid: jax.Array) -> MemoryBlock:
         """The MemoryBlock of every row from the layer's own window keys/values.
 
@@ -73,16 +80,7 @@ class CrossBatch:
         Returns a MemoryBlock with `[batch, range * seq, kv_heads, head_dim]` keys/values, where block j holds row
         i-1-j (rolled along the batch axis; wrapped-around rows are masked out), and mask `[batch, range * seq]`.
         """
-        batch, seq = key_valid.shape
-        if self.range == 0:
-            empty = keys[:, :0]
-            return MemoryBlock(empty, values[:, :0], key_valid[:, :0])
-        shifts = range(1, self.range + 1)
-        mem_k = jnp.concatenate([jnp.roll(keys, s, axis=0) for s in shifts], axis=1)
-        mem_v = jnp.concatenate([jnp.roll(values, s, axis=0) for s in shifts], axis=1)
-        rolled_valid = jnp.concatenate([jnp.roll(key_valid, s, axis=0) for s in shifts], axis=1)
-        allowed = jnp.asarray(np.repeat(self.visible(batch), seq, axis=1))  # [batch, range * seq]
-        return MemoryBlock(mem_k, mem_v, rolled_valid & allowed)
+        return self.rolled(keys, values, key_valid).materialize()
 
 
 def positives_negatives(cross_batch: CrossBatch, batch: int) -> list[tuple[int, int]]:

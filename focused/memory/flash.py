@@ -36,7 +36,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from focused.memory.core import MASKED
+from focused.memory.core import MASKED, RolledMemory
 
 F32 = jnp.float32
 KeySet = tuple[jax.Array, jax.Array, jax.Array]  # keys, values [b, n, kvh, d]; mask [b, t or 1, n]
@@ -45,13 +45,27 @@ KeySet = tuple[jax.Array, jax.Array, jax.Array]  # keys, values [b, n, kvh, d]; 
 LAYOUTS = {False: ("bckd", "bckd"), True: ("bkcd", "bkdc")}
 
 
-def _length(key_set: KeySet, heads_major: bool) -> int:
+def _length(key_set: KeySet | RolledMemory, heads_major: bool) -> int:
+    if isinstance(key_set, RolledMemory):
+        return key_set.keys.shape[1] * key_set.visible.shape[1]
     return key_set[0].shape[2 if heads_major else 1]
 
 
-def _chunk_of(key_set: KeySet, j: jax.Array, chunk: int, dtype, heads_major: bool = False):
+def _rolled_chunk(key_set: RolledMemory, j: jax.Array, dtype):
+    """Chunk j of a CrossBatch memory: every row's view of row i-1-j (k, v `[b, seq, kvh, d]`, mask `[b, 1, seq]`)."""
+    shift = j + 1
+    kj = jnp.roll(key_set.keys, shift, axis=0).astype(dtype)
+    vj = jnp.roll(key_set.values, shift, axis=0).astype(dtype)
+    seen = jax.lax.dynamic_index_in_dim(key_set.visible, j, axis=1, keepdims=False)  # [b]
+    mj = jnp.roll(key_set.mask, shift, axis=0) & seen[:, None]
+    return kj, vj, mj[:, None, :], None, jnp.ones(kj.shape[1], bool)
+
+
+def _chunk_of(key_set: KeySet | RolledMemory, j: jax.Array, chunk: int, dtype, heads_major: bool = False):
     """Chunk j of a key set: k, v (as dtype, `LAYOUTS`), mask `[b, t|1, chunk]`, start, and `fresh` `[chunk]`
     (False for keys an earlier chunk already covered)."""
+    if isinstance(key_set, RolledMemory):
+        return _rolled_chunk(key_set, j, dtype)
     k, v, mask = key_set
     start = jnp.minimum(j * chunk, _length(key_set, heads_major) - chunk)
     k_axis, v_axis = (2, 3) if heads_major else (1, 1)
@@ -75,6 +89,9 @@ def _sizes(key_sets: tuple[KeySet, ...], chunk: int, layouts: tuple[bool, ...]) 
     """(chunk size, number of chunks) per set: the chunk shrinks to the set's length when that is smaller."""
     out = []
     for key_set, heads_major in zip(key_sets, layouts, strict=True):
+        if isinstance(key_set, RolledMemory):  # one chunk = one row's window, one per visible row offset
+            out.append((key_set.keys.shape[1], key_set.visible.shape[1]))
+            continue
         n = _length(key_set, heads_major)
         size = max(min(chunk, n), 1)
         out.append((size, -(-n // size)))
@@ -174,12 +191,13 @@ def _bwd(chunk, layouts, residuals, d_out):
     dq = jnp.zeros((b, kvh, g, t, d), F32)
     set_grads = []
     for key_set, (size, count) in zip(key_sets, _sizes(key_sets, chunk, (False,) * len(key_sets)), strict=True):
-        k, v, _ = key_set
-        if k.shape[1] == 0:
+        k, v = key_set[0], key_set[1]
+        rolled = isinstance(key_set, RolledMemory)
+        if _length(key_set, False) == 0:
             set_grads.append((jnp.zeros_like(k), jnp.zeros_like(v), None))
             continue
 
-        def body(carry, j, key_set=key_set, size=size):
+        def body(carry, j, key_set=key_set, size=size, rolled=rolled):
             dq, dk, dv = carry
             kj, vj, mj, start, fresh = _chunk_of(key_set, j, size, q.dtype)
             s = _scores(qt, kj, mj, fresh, scale)
@@ -189,6 +207,8 @@ def _bwd(chunk, layouts, residuals, d_out):
             ds = jnp.where(mj[:, None, None] & fresh, p * (dp - delta[..., None]), 0.0)
             dq = dq + jnp.einsum("bkgtc,bckd->bkgtd", ds, kj) * scale
             dk_j = jnp.einsum("bkgtc,bkgtd->bckd", ds, qt.astype(F32)) * scale
+            if rolled:  # row i read row i-1-j: its gradient goes back to that row
+                return (dq, dk + jnp.roll(dk_j, -(j + 1), axis=0), dv + jnp.roll(dv_j, -(j + 1), axis=0)), None
             add = lambda full, part: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
                 full, jax.lax.dynamic_slice_in_dim(full, start, size, axis=1) + part, start, axis=1
             )
@@ -200,6 +220,10 @@ def _bwd(chunk, layouts, residuals, d_out):
     set_grads = [
         (jnp.moveaxis(dk, 2, 1), jnp.transpose(dv, (0, 2, 3, 1)), None) if hm else (dk, dv, None)
         for (dk, dv, _), hm in zip(set_grads, layouts, strict=True)
+    ]
+    set_grads = [  # a CrossBatch memory's cotangent has its own structure (no gradient for its masks)
+        RolledMemory(grads[0], grads[1], None, None) if isinstance(key_set, RolledMemory) else grads
+        for grads, key_set in zip(set_grads, key_sets, strict=True)
     ]
     dq = jnp.transpose(dq, (0, 3, 1, 2, 4))
     no_limits = None if limits is None else tuple(None for _ in limits)  # integer fill levels have no gradient

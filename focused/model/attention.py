@@ -115,7 +115,7 @@ class Attention(nnx.Module):
         if t == 1:
             impl = "reference"
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
-            memory = memory.memory(raw.keys, raw.values, local_mask[:, -1, :])
+            memory = memory.rolled(raw.keys, raw.values, local_mask[:, -1, :])
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
