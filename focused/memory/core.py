@@ -253,19 +253,16 @@ def memory_attention(
         raise ValueError(f"memory has {memory.kv_heads} kv heads, the layer has {kv_heads}")
     if isinstance(memory, RolledMemory) and (impl != "flash" or top_k is not None or chunked):
         memory = memory.materialize()
-    if isinstance(memory, RolledMemory):  # CrossBatch read in place by the flash kernel
-        from focused.memory.flash import flash_attention_sets
-
-        kv_chunk = flash_chunk(kv_chunk, batch, heads, seq)
-        out = flash_attention_sets(qg, (memory, (k, v, local_mask)), kv_chunk)
-        return out.reshape(batch, seq, heads, dim)
+    in_place = isinstance(memory, RolledMemory)  # CrossBatch read in place by the flash kernel
     dense_block = isinstance(memory, MemoryBlock) and top_k is None
-    if impl == "flash" and (memory is None or dense_block):
+    if impl == "flash" and (memory is None or dense_block or in_place):
         from focused.memory.flash import flash_attention_sets
 
         key_sets, limits, layouts = ((k, v, local_mask),), (None,), (False,)
         kv_chunk = flash_chunk(kv_chunk, batch, heads, seq)
-        if memory is not None:  # memory and local keys share one softmax without being concatenated
+        if in_place:
+            key_sets, limits, layouts = (memory, *key_sets), (None, None), (False, False)
+        elif memory is not None:  # memory and local keys share one softmax without being concatenated
             key_sets = ((memory.keys, memory.values, memory.mask[:, None, :]), *key_sets)
             limits, layouts = (memory.filled, None), (memory.heads_major, False)
         out = flash_attention_sets(qg, key_sets, kv_chunk, limits, layouts)
