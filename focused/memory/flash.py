@@ -178,6 +178,15 @@ def _token_major(key_set: KeySet) -> KeySet:
     return jnp.moveaxis(k, 1, 2), jnp.transpose(v, (0, 3, 1, 2)), mask
 
 
+def _key_grad(w: jax.Array, x: jax.Array) -> jax.Array:
+    """sum over (g, t) of w `[b, kvh, g, t, c]` times x `[b, kvh, g, t, d]` → `[b, c, kvh, d]`. The query heads and
+    positions are merged into one axis first (free): XLA:CPU would lay a two-axis contraction out as a transposing
+    copy of w fused with its producer."""
+    b, kvh, g, t, c = w.shape
+    merged = jnp.einsum("bkqc,bkqd->bkcd", w.reshape(b, kvh, g * t, c), x.reshape(b, kvh, g * t, x.shape[-1]))
+    return jnp.moveaxis(merged, 1, 2)
+
+
 def _bwd(chunk, layouts, residuals, d_out):
     q, key_sets, out, (m, l), limits = residuals
     layouts = _layouts(key_sets, layouts)
@@ -202,11 +211,11 @@ def _bwd(chunk, layouts, residuals, d_out):
             kj, vj, mj, start, fresh = _chunk_of(key_set, j, size, q.dtype)
             s = _scores(qt, kj, mj, fresh, scale)
             p = jnp.exp(s - m[..., None]) / l[..., None]  # [b, kvh, g, t, c]
-            dv_j = jnp.einsum("bkgtc,bkgtd->bckd", p, do)
+            dv_j = _key_grad(p, do)
             dp = jnp.einsum("bkgtd,bckd->bkgtc", do, vj)
             ds = jnp.where(mj[:, None, None] & fresh, p * (dp - delta[..., None]), 0.0)
             dq = dq + jnp.einsum("bkgtc,bckd->bkgtd", ds, kj) * scale
-            dk_j = jnp.einsum("bkgtc,bkgtd->bckd", ds, qt.astype(F32)) * scale
+            dk_j = _key_grad(ds, qt.astype(F32)) * scale
             if rolled:  # row i read row i-1-j: its gradient goes back to that row
                 return (dq, dk + jnp.roll(dk_j, -(j + 1), axis=0), dv + jnp.roll(dv_j, -(j + 1), axis=0)), None
             add = lambda full, part: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731

@@ -123,9 +123,11 @@ class Attention(nnx.Module):
                 k = apply_rope(k, rope.k_cos, rope.k_sin, heads_axis=1)
         if memory is not None and not self.is_memory_layer:
             raise ValueError(f"layer {self.layer_idx} is not a memory layer but was given memory")
-        # Reading a store's memory (inference) may use another kernel than training and plain attention; a
+        if isinstance(memory, CrossBatch) and memory.range == 0:  # no earlier rows: exactly the plain layer
+            memory = None
+        # Reading memory (a store's, or CrossBatch's earlier rows) may use another kernel than local attention; a
         # single-token decoding step reads memory and cache with the reference kernel (faster for one query on CPU).
-        impl = cfg.memory_read_impl if isinstance(memory, MemoryBlock) else cfg.attention_impl
+        impl = cfg.memory_read_impl if isinstance(memory, (MemoryBlock, CrossBatch)) else cfg.attention_impl
         if t == 1:
             impl = "reference"
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated

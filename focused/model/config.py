@@ -31,10 +31,10 @@ class LlamaConfig:
     Attributes follow Hugging Face `LlamaConfig` / LongLLaMA `LongLlamaConfig` names. Extra fields that are ours:
     `param_dtype` (storage of parameters), `dtype` (compute), `remat` (rematerialise each block in backward),
     `attention_impl` / `attention_chunk` (the attention kernel: "reference" or chunked "flash"),
-    `memory_read_impl` (the kernel when a window of a memory layer reads a memory store's `MemoryBlock`: ingest,
-    `forward_long`, prompts; "flash" by default, which skips the `[heads, t, memory]` score tensor and on CPU reads a
-    long memory about twice as fast, while "reference" is the faster kernel for training steps at short windows and
-    for single-token decoding steps, which always use it).
+    `memory_read_impl` (the kernel when a memory layer reads memory: a memory store's `MemoryBlock` in ingest,
+    `forward_long` and prompts, and the CrossBatch memory of earlier rows in training; "flash" by default, which
+    skips the `[heads, t, memory]` score tensor, reads CrossBatch memory in place and a long memory about twice as
+    fast on CPU; single-token decoding steps always use "reference", the faster kernel for one query).
     """
 
     vocab_size: int = 32000
@@ -65,7 +65,7 @@ class LlamaConfig:
     remat: bool = False
     attention_impl: str = "reference"  # "flash": chunked attention with a hand-written VJP (focused.memory.flash)
     attention_chunk: int = 512  # keys per chunk for attention_impl="flash"
-    memory_read_impl: str = "flash"  # kernel for reading a memory store (inference); "reference" or "flash"
+    memory_read_impl: str = "flash"  # kernel for reading memory (a store, or CrossBatch); "reference" or "flash"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mem_layers", tuple(int(i) for i in self.mem_layers))

@@ -113,12 +113,16 @@ def test_memory_attention_flash_equals_reference_with_memory_and_padding(with_me
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
 
 
-def test_model_crossbatch_gradients_with_flash_equal_reference():
+@pytest.mark.parametrize("local_impl", ["flash", "reference"])
+def test_model_crossbatch_gradients_with_flash_equal_reference(local_impl):
+    """CrossBatch memory is read with `memory_read_impl` (flash: in place), local attention with `attention_impl`;
+    either mix gives the all-reference model's loss and gradients."""
     from flax import nnx
 
     config = tiny_config(mem_layers=(1,))
-    plain = build(config, seed=27)
-    flash = nnx.merge(nnx.graphdef(build(config.replace(attention_impl="flash", attention_chunk=8))), nnx.state(plain))
+    plain = build(config.replace(memory_read_impl="reference"), seed=27)
+    fast = config.replace(attention_impl=local_impl, memory_read_impl="flash", attention_chunk=8)
+    flash = nnx.merge(nnx.graphdef(build(fast)), nnx.state(plain))
     ids = jnp.asarray(np.random.default_rng(28).integers(0, 97, size=(4, 16)))
     cross = CrossBatch(range=2, group=2, stepping=False)
 
