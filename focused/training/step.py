@@ -28,9 +28,13 @@ def token_loss(
     `inputs`, `targets`, `loss_mask` and, where batches hold padding between documents, `attention_mask` (0 on
     padding: it is then no key of local attention nor of CrossBatch memory)."""
     logits = model(batch["inputs"], attention_mask=batch.get("attention_mask"), memory=cross_batch).logits
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    targets = batch["targets"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     mask = batch["loss_mask"].astype(jnp.float32)
-    correct = ((logits.argmax(-1) == batch["targets"]) * mask).sum()
+    # the target is the argmax when its logit is the row's maximum (a tie counts as correct): a max-reduction and
+    # a gather, where XLA:CPU's argmax (a variadic reduction) cost ~5% of a small model's train step
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    correct = ((target_logit >= logits.max(-1)) * mask).sum()
     return (ce * mask).sum(), (mask.sum(), correct)
 
 

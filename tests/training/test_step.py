@@ -40,3 +40,24 @@ def test_padding_is_no_key_of_local_attention_or_crossbatch_memory():
     unmasked_a = {k: v for k, v in with_zeros.items() if k != "attention_mask"}
     unmasked_b = {k: v for k, v in with_noise.items() if k != "attention_mask"}
     assert abs(float(token_loss(model, unmasked_a, spec)[0]) - float(token_loss(model, unmasked_b, spec)[0])) > 1e-3
+
+
+def test_loss_and_correct_count_equal_a_direct_recount():
+    """token_loss's sum of cross-entropies and its count of correct predictions equal a numpy recount with argmax,
+    on a random model and random targets where about half the predictions are made right on purpose."""
+    config = tiny_config(mem_layers=(1,))
+    model = build(config, seed=41)
+    rng = np.random.default_rng(42)
+    inputs = jnp.asarray(rng.integers(0, 97, size=(3, 16)).astype(np.int32))
+    logits = np.asarray(model(inputs).logits, np.float64)
+    targets = rng.integers(0, 97, size=(3, 16))
+    hit = rng.random((3, 16)) < 0.5
+    targets[hit] = logits.argmax(-1)[hit]
+    mask = (rng.random((3, 16)) < 0.8).astype(np.float32)
+    batch = {"inputs": inputs, "targets": jnp.asarray(targets, jnp.int32), "loss_mask": jnp.asarray(mask)}
+    loss, (count, correct) = token_loss(model, batch)
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ce = log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    assert float(count) == mask.sum()
+    assert int(correct) == int(((logits.argmax(-1) == targets) * mask).sum()) > 0
+    np.testing.assert_allclose(float(loss), (ce * mask).sum(), rtol=1e-5)
