@@ -11,8 +11,8 @@ writes the table (results.md), the numbers (results.json) and the plot (plot.png
             configs/dict_lookup_d1.py        the distraction ablation: the same model trained with d = 1 only
             configs/dict_lookup_baseline.py  no memory layers, a window of two pages
 
-FoT and d1 then continue for `--continue-steps` (300) steps with 256 rows, FoT at r = 127 (CONTINUATION below), and
-are exported from that continuation.
+FoT and d1 then continue for `--continue-steps` (300) steps with 256 rows, FoT at r = 127, and FoT for another 300
+with 512 rows at r = 255 (CONTINUATIONS below); they are exported from their last continuation.
 
 Training resumes where a previous invocation stopped (each run directory keeps its checkpoints), so a long run can
 be interrupted and restarted with the same command; `--skip-train` evaluates whatever the run directories hold.
@@ -50,11 +50,13 @@ STAGES = (
 # The d = 1 ablation differs from FoT only in its last stage (the curriculum stages all run at r = 1), so it starts
 # from FoT's stages, trained once: both models leave the curriculum with the same weights.
 STAGE_OWNER = {"dict_lookup_d1": "dict_lookup_fot"}
-# After its own config, each memory model continues with twice the rows and (FoT) twice the reach: 256 rows = 128
-# documents, r = 127, a warm restart at half the peak LR with cosine decay, on a new data stream (data seed 1). Measured
-# on validation documents (eval seed 2000): FoT 86.7 / 53.1 / 10.9% -> 88.3 / 64.8 / 25.0% at 256K / 1M / 4M tokens of
-# memory (about 2 h here); the d = 1 ablation gets the same steps and rows at r = 1 (about 5 min).
-CONTINUATION = {"dict_lookup_fot": ("--config.fot.initial_range=-1", "--config.fot.cross_batch_range=127")}
+# After its own config, each memory model continues in stages, each a warm restart with cosine decay on a new data
+# stream. Stage 1: twice the rows and (FoT) twice the reach, 256 rows = 128 documents, r = 127, half the peak LR, data
+# seed 1. On validation documents (eval seed 2000) FoT went 86.7 / 53.1 / 10.9% -> 88.3 / 64.8 / 25.0% at 256K / 1M /
+# 4M tokens of memory (about 2 h here); the d = 1 ablation gets the same steps and rows at r = 1 (about 5 min).
+# Stage 2 (FoT only): 512 rows, r = 255, peak LR 3e-4, data seed 2, the flash kernel (CrossBatch memory read in
+# place: 2 GiB instead of 13.6 GiB). On eval seed 2001 it took 256K / 1M from 91.9 / 58.2% to 95.1 / 80.9% at step
+# 250 (about 3 h here). Each stage: (run-folder suffix, overrides).
 CONTINUATION_TRAIN = (
     "--config.data.batch_size=256",
     "--config.train.learning_rate=5e-4",
@@ -64,7 +66,24 @@ CONTINUATION_TRAIN = (
     "--config.data.seed=1",
     "--config.seed=1",
 )
-CONTINUED = ("dict_lookup_fot", "dict_lookup_d1")
+WIDER = (
+    "--config.data.batch_size=512",
+    "--config.train.learning_rate=3e-4",
+    "--config.train.warmup_steps=30",
+    "--config.train.log_every=5",
+    "--config.train.save_every=25",
+    "--config.data.seed=2",
+    "--config.seed=2",
+    "--config.model.attention_impl=flash",
+)
+FOT_REACH = ("--config.fot.initial_range=-1",)
+CONTINUATIONS = {
+    "dict_lookup_fot": (
+        (".continued", (*CONTINUATION_TRAIN, *FOT_REACH, "--config.fot.cross_batch_range=127")),
+        (".continued2", (*WIDER, *FOT_REACH, "--config.fot.cross_batch_range=255")),
+    ),
+    "dict_lookup_d1": ((".continued", CONTINUATION_TRAIN),),
+}
 SMOKE_TRAIN = (
     "--config.model.hidden_size=32",
     "--config.model.intermediate_size=64",
@@ -169,27 +188,30 @@ def train_and_export(name: str, args: argparse.Namespace, extra: list[str]) -> P
 
 
 def continue_training(name: str, run_dir: Path, args: argparse.Namespace, common: list[str]) -> Path:
-    """Trains the continuation of a memory model (CONTINUATION_TRAIN) from `run_dir` into `<run_dir>.continued`
-    and returns the run to export; other models (and `--continue-steps=0`) export `run_dir` itself."""
-    if name not in CONTINUED or args.continue_steps <= 0:
+    """Trains the continuation stages of a memory model (CONTINUATIONS), each from the previous one, into
+    `<run_dir><suffix>`, and returns the run to export; other models (and `--continue-steps=0`) export `run_dir`."""
+    if args.continue_steps <= 0:
         return run_dir
     from focused.config import load_config
     from focused.training.loop import train
 
-    out = run_dir.with_name(f"{run_dir.name}.continued")
-    overrides = [*common, *CONTINUATION_TRAIN, *CONTINUATION.get(name, ())]
-    steps = 2 if args.smoke else args.continue_steps
-    overrides += [f"--config.train.steps={steps}", f"--config.workdir={out}", f"--config.init_from={run_dir}"]
-    if args.smoke:  # toy batch: 4 documents, r = 3
-        overrides += ["--config.data.batch_size=8", "--config.train.save_every=0", "--config.train.warmup_steps=1"]
-        overrides += ["--config.fot.cross_batch_range=3"] if name in CONTINUATION else []
-    if args.skip_train and not out.is_dir():
-        raise SystemExit(f"error: {out} does not exist: train it (drop --skip-train) or pass --continue-steps=0")
-    if not args.skip_train:
-        start = time.perf_counter()
-        train(load_config(["train.py", "--config", str(ROOT / "configs" / f"{name}.py"), *overrides]))
-        print(f"{name}: continued in {time.perf_counter() - start:.0f} s ({out})", flush=True)
-    return out
+    previous = run_dir
+    for suffix, stage in CONTINUATIONS.get(name, ()):
+        out = run_dir.with_name(f"{run_dir.name}{suffix}")
+        steps = 2 if args.smoke else args.continue_steps
+        overrides = [*common, *stage, f"--config.train.steps={steps}", f"--config.workdir={out}"]
+        overrides.append(f"--config.init_from={previous}")
+        if args.smoke:  # toy batch: 4 documents, r = 3
+            overrides += ["--config.data.batch_size=8", "--config.train.save_every=0", "--config.train.warmup_steps=1"]
+            overrides += ["--config.fot.cross_batch_range=3"] if any("cross_batch_range" in a for a in stage) else []
+        if args.skip_train and not out.is_dir():
+            raise SystemExit(f"error: {out} does not exist: train it (drop --skip-train) or pass --continue-steps=0")
+        if not args.skip_train:
+            start = time.perf_counter()
+            train(load_config(["train.py", "--config", str(ROOT / "configs" / f"{name}.py"), *overrides]))
+            print(f"{name}: continued in {time.perf_counter() - start:.0f} s ({out})", flush=True)
+        previous = out
+    return previous
 
 
 def evaluate(folders: list[Path], args: argparse.Namespace) -> None:

@@ -21,11 +21,16 @@ def test_the_whole_pipeline_runs_at_smoke_size(tmp_path, monkeypatch):
         exported = tmp_path / "models" / name
         assert (exported / "config.json").is_file() and (exported / "model.safetensors").is_file()
         assert load_task(exported) == load_task(tmp_path / "runs" / name)  # the layout travels with the model
-    for name in ("dict_lookup_fot", "dict_lookup_d1"):  # the memory models are exported from their continuation
-        continued = tmp_path / "runs" / f"{name}.continued"
-        assert (continued / "checkpoints" / "2").is_dir() and load_task(continued) == load_task(
-            tmp_path / "runs" / name
-        )
+    # the memory models are exported from their last continuation stage: FoT has two (r = 127, then r = 255), d1 one
+    stages = {"dict_lookup_fot": (".continued", ".continued2"), "dict_lookup_d1": (".continued",)}
+    for name, suffixes in stages.items():
+        for suffix in suffixes:
+            continued = tmp_path / "runs" / f"{name}{suffix}"
+            assert (continued / "checkpoints" / "2").is_dir()
+            assert load_task(continued) == load_task(tmp_path / "runs" / name)
+    wider = json.loads((tmp_path / "runs" / "dict_lookup_fot.continued2" / "model_config.json").read_text())
+    assert wider["attention_impl"] == "flash"
+    assert not (tmp_path / "runs" / "dict_lookup_d1.continued2").exists()
     assert not (tmp_path / "runs" / "dict_lookup_baseline.continued").exists()
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = {s["label"]: s for s in report["series"]}
