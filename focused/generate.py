@@ -35,10 +35,14 @@ from tqdm.auto import tqdm
 from focused.memory.backends import MemoryConfig
 from focused.memory.core import MemoryBlock, heads_major
 from focused.memory.dense import check_capacity
+from focused.memory.prefix import PrefixMemory, query_windows
 from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM, LocalCache
+
+# prefix tokens read per call when windows go through the model together (`ingest`, `focused.memory.prefix`)
+PREFIX_TOKENS = 8192
 
 
 class GenerationState(NamedTuple):
@@ -97,6 +101,60 @@ def _window_kv(
     return jnp.stack([kv.keys for kv in window_kv]), jnp.stack([kv.values for kv in window_kv])
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "windows"))
+def _prefix_kv(
+    graphdef: StaticGraph, params: nnx.State, reader: MemoryReader, input_ids: jax.Array, valid: jax.Array, windows: int
+) -> tuple[jax.Array, jax.Array]:
+    """`windows` prefix windows of each row `[batch, windows * W]` in one call (`focused.memory.prefix`), attending
+    to the dense memory and to each other → raw keys/values `[mem_layers, batch, windows * W, kv_heads, head_dim]`."""
+    model = merge(graphdef, params)
+    batch, n = input_ids.shape
+    rows = (batch * windows, n // windows)
+    memory = tuple(PrefixMemory(windows, block) for block in reader.blocks())
+    window_kv = model.model.memory_kv(input_ids.reshape(rows), valid.reshape(rows), memory)
+    keys = jnp.stack([kv.keys.reshape(batch, n, *kv.keys.shape[2:]) for kv in window_kv])
+    return keys, jnp.stack([kv.values.reshape(batch, n, *kv.values.shape[2:]) for kv in window_kv])
+
+
+def _reads_in_full(memory: MemoryStore, incoming: int) -> bool:
+    """Whether prefix windows may be read many per call: every memory layer reads the whole memory (dense blocks,
+    not top-k or kNN) and nothing is overwritten while they are read (the incoming tokens fit)."""
+    if memory.stored + incoming > memory.capacity:
+        return False
+    blocks = memory.reader().blocks()
+    return bool(blocks) and all(isinstance(b, MemoryBlock) and b.top_k is None for b in blocks)
+
+
+def _read_prefix(
+    graphdef: StaticGraph,
+    params: nnx.State,
+    memory: MemoryStore,
+    input_ids: jax.Array,
+    valid: jax.Array,
+    window: int,
+    per_call: int,
+    progress: bool,
+) -> None:
+    """Appends the windows of `input_ids` `[batch, prefix]` to memory, `per_call` windows per call (the last call
+    padded to a power of two windows, so few shapes compile; padding is never stored)."""
+    prefix = input_ids.shape[1]
+    total = -(-prefix // window)
+    with tqdm(total=total, desc="ingest", unit="win", disable=not progress) as bar:
+        done = 0
+        while done < total:
+            count = min(per_call, total - done)
+            windows = per_call if count == per_call else min(per_call, 1 << (count - 1).bit_length())
+            start, stop = done * window, min((done + count) * window, prefix)
+            check_capacity(memory.stored, stop - start, memory.capacity, memory.policy)
+            pad = ((0, 0), (0, windows * window - (stop - start)))
+            ids, ok = jnp.pad(input_ids[:, start:stop], pad), jnp.pad(valid[:, start:stop], pad)
+            reader = memory.reader(query_windows(windows, window) * window)
+            keys, values = _prefix_kv(graphdef, params, reader, ids, ok, windows)
+            memory.append(keys[:, :, : stop - start], values[:, :, : stop - start], valid[:, start:stop])
+            done += count
+            bar.update(count)
+
+
 @functools.partial(jax.jit, static_argnames=("mem_layers",))
 def _cache_kv(cache: LocalCache, mem_layers: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The memory layers' part of a full cache: keys, values `[mem_layers, batch, size, kv_heads, head_dim]`."""
@@ -124,13 +182,20 @@ def ingest(
     policy: str = "error",
     memory_cfg: MemoryConfig | None = None,
     progress: bool = True,
+    windows_per_call: int | None = None,
 ) -> GenerationState:
     """Reads a (long) prompt `[batch, n]`: prefix windows into memory, the last `last_context_length` tokens into
     the local cache. `attention_mask` `[batch, n]` marks padding (left padding for prompts of different lengths).
 
     capacity: memory slots per row (default: enough for the prompt plus one more window).
     memory_cfg: the memory backend (dense by default; topk, or faiss for memories that do not fit the device).
+    windows_per_call: prefix windows read together, layer by layer (`focused.memory.prefix`; the same numbers as
+        one window at a time, in fewer, larger matrix products); None = about PREFIX_TOKENS tokens a call. Used
+        when the memory is read in full (dense backend) and the prompt fits it; otherwise, or with 1, one window
+        per call.
     """
+    if windows_per_call is not None and windows_per_call < 1:
+        raise ValueError(f"windows_per_call must be >= 1 (or None for the default), got {windows_per_call}")
     cfg = model.config
     memory_cfg = memory_cfg or MemoryConfig(policy=policy)
     window, last = cfg.max_position_embeddings, cfg.last_context_length
@@ -143,7 +208,13 @@ def ingest(
     capacity = capacity or memory_cfg.capacity or max(-(-(prefix + window) // window) * window, window)
     memory = new_store(cfg, batch, memory_cfg, capacity)
     graphdef, params = split_static(model)
-    for start in tqdm(range(0, prefix, window), desc="ingest", unit="win", disable=not progress):
+    per_call = windows_per_call or max(1, PREFIX_TOKENS // window)
+    if per_call > 1 and prefix > window and _reads_in_full(memory, prefix):
+        _read_prefix(graphdef, params, memory, input_ids[:, :prefix], valid[:, :prefix], window, per_call, progress)
+        prefix_done = prefix
+    else:
+        prefix_done = 0
+    for start in tqdm(range(prefix_done, prefix, window), desc="ingest", unit="win", disable=not progress):
         stop = min(start + window, prefix)
         check_capacity(memory.stored, stop - start, memory.capacity, memory.policy)
         ids, ok = input_ids[:, start:stop], valid[:, start:stop]
@@ -260,9 +331,10 @@ def generate(
     policy: str = "error",
     memory_cfg: MemoryConfig | None = None,
     progress: bool = True,
+    windows_per_call: int | None = None,
 ) -> np.ndarray:
     """Generates `max_new_tokens` after each prompt row; returns `[batch, max_new_tokens]` int32 (rows that hit
-    `eos_token_id` are padded with it afterwards).
+    `eos_token_id` are padded with it afterwards). The prompt is read by `ingest` (`windows_per_call` as there).
 
     Tokens equal those of step-by-step decoding (`sample` on the logits, `decode` of the token, with the PRNG key
     split once per token); the loop runs on the device, one jitted call per local-cache segment.
@@ -273,7 +345,14 @@ def generate(
     window = model.config.max_position_embeddings
     capacity = capacity or max(-(-(n + max_new_tokens + window) // window) * window, window)
     state = ingest(
-        model, input_ids, attention_mask, capacity=capacity, policy=policy, memory_cfg=memory_cfg, progress=progress
+        model,
+        input_ids,
+        attention_mask,
+        capacity=capacity,
+        policy=policy,
+        memory_cfg=memory_cfg,
+        progress=progress,
+        windows_per_call=windows_per_call,
     )
     return generate_from(
         model, state, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, eos_token_id=eos_token_id

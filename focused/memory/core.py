@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from focused.memory.prefix import PrefixMemory
 
 MASKED = float(jnp.finfo(jnp.float32).min)
 IMPLS = ("reference", "flash")
@@ -204,7 +207,7 @@ def memory_attention(
     k: jax.Array,
     v: jax.Array,
     local_mask: jax.Array,
-    memory: MemoryBlock | RetrievedMemory | RolledMemory | None = None,
+    memory: MemoryBlock | RetrievedMemory | RolledMemory | PrefixMemory | None = None,
     *,
     query_chunk: int | None = None,
     top_k: int | None = None,
@@ -219,7 +222,9 @@ def memory_attention(
       k, v: `[batch, kv_len, kv_heads, head_dim]` local keys (rotated) and values.
       local_mask: `[batch, seq, kv_len]` bool, True where query t may attend to local key s.
       memory: a `MemoryBlock` (shared by all queries), a `RetrievedMemory` (per-query neighbours from a kNN
-        index), a `RolledMemory` (CrossBatch training; materialised unless the flash kernel reads it), or None.
+        index), a `RolledMemory` (CrossBatch training; materialised unless the flash kernel reads it), a bound
+        `PrefixMemory` (a prompt's prefix windows read together, `focused.memory.prefix`; always the flash kernel),
+        or None.
       top_k: with a MemoryBlock, keep only each query's top_k memory scores (exact kNN on device) before the
         softmax over [top-k ; local]; None = all of memory (dense).
       query_chunk: process queries in chunks of this many positions (LongLLaMA's `mem_attention_grouping`),
@@ -249,6 +254,10 @@ def memory_attention(
         top_k = memory.top_k
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
+    from focused.memory import prefix
+
+    if isinstance(memory, prefix.PrefixMemory):  # a prompt's prefix, many windows per call (ingest)
+        return prefix.prefix_attention(q, k, v, local_mask, memory, kv_chunk)
     if isinstance(memory, RolledMemory) and memory.kv_heads != kv_heads:
         raise ValueError(f"memory has {memory.kv_heads} kv heads, the layer has {kv_heads}")
     if isinstance(memory, RolledMemory) and (impl != "flash" or top_k is not None or chunked):

@@ -15,6 +15,7 @@ from flax import nnx
 
 from focused.memory.core import MemoryBlock, Retriever, memory_attention
 from focused.memory.crossbatch import CrossBatch
+from focused.memory.prefix import PrefixMemory
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.rope import apply_rope
 
@@ -80,7 +81,7 @@ class Attention(nnx.Module):
         x: jax.Array,
         rope: RopeTables,
         local_mask: jax.Array,
-        memory: MemoryBlock | CrossBatch | Retriever | None = None,
+        memory: MemoryBlock | CrossBatch | PrefixMemory | Retriever | None = None,
         cache: WindowKV | None = None,
         cache_index: jax.Array | int = 0,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
@@ -132,6 +133,8 @@ class Attention(nnx.Module):
             impl = "reference"
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
             memory = memory.rolled(raw.keys, raw.values, local_mask[:, -1, :])
+        elif isinstance(memory, PrefixMemory):  # ingest: this call's earlier windows, as the store would hold them
+            memory = memory.bind(raw.keys, raw.values, local_mask[:, -1, :], resolve_dtype(cfg.mem_dtype))
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None

@@ -21,6 +21,7 @@ from flax import nnx
 
 from focused.memory.core import MemoryBlock, causal_mask
 from focused.memory.crossbatch import CrossBatch
+from focused.memory.prefix import PrefixMemory
 from focused.model.attention import Attention, RopeTables, WindowKV, dense
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.rope import rope_cos_sin, rope_frequencies
@@ -67,7 +68,7 @@ class DecoderLayer(nnx.Module):
         x: jax.Array,
         rope: RopeTables,
         mask: jax.Array,
-        memory: MemoryBlock | CrossBatch | None,
+        memory: MemoryBlock | CrossBatch | PrefixMemory | None,
         cache: WindowKV | None,
         cache_index: jax.Array | int,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
@@ -81,7 +82,7 @@ def _run_layer(
     x: jax.Array,
     rope: RopeTables,
     mask: jax.Array,
-    memory: MemoryBlock | CrossBatch | None,
+    memory: MemoryBlock | CrossBatch | PrefixMemory | None,
     cache: WindowKV | None,
     cache_index: jax.Array | int,
 ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
@@ -169,7 +170,10 @@ class LlamaModel(nnx.Module):
         return self.norm(x), tuple(new_kv), out_cache
 
     def memory_kv(
-        self, input_ids: jax.Array, attention_mask: jax.Array | None, memory: Sequence[MemoryBlock | None] | None
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None,
+        memory: Sequence[MemoryBlock | PrefixMemory | None] | None,
     ) -> tuple[WindowKV, ...]:
         """Only what a window adds to memory: the raw K/V `[batch, seq, kv_heads, head_dim]` of each memory layer,
         equal to `__call__(...)[1]`.
