@@ -28,12 +28,15 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.core import MemoryBlock, flash_chunk
+from focused.memory.prefix import TOKENS_PER_CALL, PrefixMemory, query_windows
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
 
 POLICIES = ("error", "drop_oldest")
+# float32 logits one many-window call of `forward_long` may hold (256 MiB): fewer windows a call for a large vocab
+LOGIT_BUDGET = 1 << 26
 
 
 class DenseMemoryState(NamedTuple):
@@ -142,6 +145,33 @@ def window_step(
     return out.logits, append_window(state, out.memory_kv, valid)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "windows", "view", "with_logits"), donate_argnames=("state",))
+def windows_step(
+    graphdef: StaticGraph,
+    params: nnx.State,
+    state: DenseMemoryState,
+    input_ids: jax.Array,
+    valid: jax.Array,
+    windows: int,
+    view: int | None,
+    with_logits: bool,
+) -> tuple[jax.Array | None, DenseMemoryState]:
+    """`windows` whole windows of each row `[batch, windows * W]` in one call, layer by layer
+    (`focused.memory.prefix`): the same logits and memory as `window_step` on each in turn. Returns (logits
+    `[batch, windows * W, vocab]` or None, the memory with all of them appended)."""
+    model = merge(graphdef, params)
+    batch, n = input_ids.shape
+    rows = (batch * windows, n // windows)
+    memory = tuple(PrefixMemory(windows, block) for block in memory_blocks(state, None, view))
+    skip = None if with_logits else jnp.zeros(0, jnp.int32)
+    out = model(input_ids.reshape(rows), attention_mask=valid.reshape(rows), memory=memory, logit_positions=skip)
+    kv = tuple(
+        WindowKV(x.keys.reshape(batch, n, *x.keys.shape[2:]), x.values.reshape(batch, n, *x.values.shape[2:]))
+        for x in out.memory_kv
+    )
+    return (out.logits.reshape(batch, n, -1) if with_logits else None), append_window(state, kv, valid)
+
+
 def check_capacity(written: int, incoming: int, capacity: int, policy: str) -> None:
     """Raises for the `error` policy when `incoming` more tokens would not fit."""
     if policy not in POLICIES:
@@ -195,6 +225,7 @@ def forward_long(
     logits: str | Sequence[int] | np.ndarray | None = "all",
     split: str = "windows",
     progress: bool = False,
+    windows_per_call: int | None = None,
 ) -> tuple[jax.Array | None, DenseMemoryState]:
     """Runs a long input window by window with dense memory.
 
@@ -212,6 +243,10 @@ def forward_long(
       split: where windows are cut (`window_starts`): "windows" (from token 0) or "longllama" (the official
         forward: the last `last_context_length` tokens are the final chunk). Every window, the final chunk
         included, is appended to the returned memory.
+      windows_per_call: whole windows read together, layer by layer (`focused.memory.prefix`, `windows_step`: the
+        same numbers in fewer, larger matrix products), in power-of-two groups up to this many; None = about
+        TOKENS_PER_CALL tokens (and LOGIT_BUDGET logits) a call, 1 = one window a call. Used for dense memory
+        (top_k None) read by the flash kernel that the input does not overflow, with logits "all" or None.
     Returns:
       (logits as asked, float32, the memory after the last window).
     """
@@ -235,9 +270,37 @@ def forward_long(
     pieces, order = [], []
     # all logits go straight into one buffer: keeping every window's piece, then concatenating, held two copies
     everything = jnp.zeros((batch, n, cfg.vocab_size), jnp.float32) if logits == "all" else None
-    for start, stop in tqdm(
-        zip(starts, [*starts[1:], n], strict=True), total=len(starts), desc="windows", disable=not progress, unit="win"
-    ):
+    if windows_per_call is not None and windows_per_call < 1:
+        raise ValueError(f"windows_per_call must be >= 1 (or None for the default), got {windows_per_call}")
+    per_call = windows_per_call or max(1, min(TOKENS_PER_CALL, LOGIT_BUDGET // (batch * cfg.vocab_size)) // window)
+    together = per_call > 1 and cfg.memory_read_impl == "flash" and top_k is None and cfg.mem_layers
+    together = together and logits in ("all", None)
+    together = together and written + n <= memory.mask.shape[1]  # nothing read in a call is overwritten in it
+    segments = list(zip(starts, [*starts[1:], n], strict=True))
+    bar = tqdm(total=len(segments), desc="windows", disable=not progress, unit="win")
+    i = 0
+    while i < len(segments):
+        run = 0  # whole windows from here
+        while i + run < len(segments) and run < per_call and segments[i + run][1] - segments[i + run][0] == window:
+            run += 1
+        if together and run > 1:
+            count = 1 << (run.bit_length() - 1)  # power-of-two groups: few shapes compile
+            start, stop = segments[i][0], segments[i + count - 1][1]
+            check_capacity(written, stop - start, memory.mask.shape[1], policy)
+            chunk = read_chunk(cfg, batch, query_windows(count, window) * window)
+            view = memory_view(written, memory.mask.shape[1], window, chunk)
+            ids, ok = input_ids[:, start:stop], valid[:, start:stop]
+            out, memory = windows_step(graphdef, params, memory, ids, ok, count, view, logits == "all")
+            if logits == "all":
+                everything = _write_logits(everything, out, jnp.int32(start))
+                del out
+            written += stop - start
+            i += count
+            bar.update(count)
+            continue
+        start, stop = segments[i]
+        i += 1
+        bar.update(1)
         check_capacity(written, stop - start, memory.mask.shape[1], policy)
         view = memory_view(written, memory.mask.shape[1], window, read_chunk(cfg, batch, stop - start, top_k))
         ids, ok = input_ids[:, start:stop], valid[:, start:stop]
@@ -262,6 +325,7 @@ def forward_long(
             pieces.append(out[:, 0])
         elif wanted is not None and order[-1].size:
             pieces.append(out[:, : order[-1].size])
+    bar.close()
     if logits is None:
         return None, memory
     if logits == "last":

@@ -30,6 +30,8 @@ from focused.memory.flash import flash_attention_sets
 # queries per block of the earlier-window read: about one flash score block's worth of positions (on 2 CPU cores
 # 512 beat 256 and 1024 for a 4-head model with 64-token windows: 0.24 s against 0.30-0.34 s for 8K tokens)
 QUERY_BLOCK = 512
+# prefix tokens a call reads when windows go through the model together (`ingest`, `forward_long`)
+TOKENS_PER_CALL = 8192
 
 
 @functools.partial(

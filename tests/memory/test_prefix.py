@@ -143,3 +143,45 @@ def test_ingest_refuses_a_window_count_below_one():
     model = build(config, seed=57)
     with pytest.raises(ValueError, match="windows_per_call must be >= 1"):
         ingest(model, np.ones((1, 40), np.int32), progress=False, windows_per_call=0)
+
+
+@pytest.mark.parametrize("split, per_call", [("windows", None), ("longllama", 3), ("windows", 2)])
+def test_forward_long_many_windows_per_call_equals_one_window_per_call(monkeypatch, split, per_call):
+    """All logits and the memory equal the one-window path: whole windows go in power-of-two groups, a short
+    final chunk alone; continuing from a memory that already holds a window."""
+    import focused.memory.dense as dense
+    from focused.memory.dense import forward_long
+
+    groups = []
+    real_step = dense.windows_step
+    monkeypatch.setattr(dense, "windows_step", lambda *a, **k: groups.append(a[5]) or real_step(*a, **k))
+
+    config = tiny_config(max_position_embeddings=16, last_context_length=8, mem_layers=(0, 2))
+    model = build(config, seed=61)
+    ids, mask = _prompt(config, np.random.default_rng(62), n=100)
+    _, start = forward_long(model, ids[:, :16], mask[:, :16], capacity=128)
+    one, mem_one = forward_long(model, ids[:, 16:], mask[:, 16:], memory=start, split=split, windows_per_call=1)
+    _, start = forward_long(model, ids[:, :16], mask[:, :16], capacity=128)
+    many, mem_many = forward_long(
+        model, ids[:, 16:], mask[:, 16:], memory=start, split=split, windows_per_call=per_call
+    )
+    assert groups == {("windows", None): [4], ("longllama", 3): [2, 2], ("windows", 2): [2, 2]}[(split, per_call)]
+    real = np.asarray(mask[:, 16:], bool)
+    np.testing.assert_allclose(np.asarray(many)[real], np.asarray(one)[real], atol=1e-5, rtol=0)
+    assert int(mem_many.length) == int(mem_one.length) == 100
+    np.testing.assert_array_equal(np.asarray(mem_many.mask), np.asarray(mem_one.mask))
+    _, mem_none = forward_long(model, ids, mask, capacity=128, logits=None, windows_per_call=per_call)
+    _, mem_ref = forward_long(model, ids, mask, capacity=128, logits=None, windows_per_call=1)
+    slots = np.asarray(mem_ref.mask)
+    for a, b in zip(mem_none.keys, mem_ref.keys, strict=True):
+        np.testing.assert_allclose(
+            np.moveaxis(np.asarray(a), 2, 1)[slots], np.moveaxis(np.asarray(b), 2, 1)[slots], atol=1e-5
+        )
+
+
+def test_forward_long_refuses_a_window_count_below_one():
+    from focused.memory.dense import forward_long
+
+    model = build(tiny_config(), seed=63)
+    with pytest.raises(ValueError, match="windows_per_call must be >= 1"):
+        forward_long(model, np.ones((1, 40), np.int32), windows_per_call=0)
