@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from focused.memory.backends import MemoryConfig
 from focused.memory.core import MemoryBlock, heads_major
 from focused.memory.dense import check_capacity
-from focused.memory.prefix import TOKENS_PER_CALL, PrefixMemory, query_windows
+from focused.memory.prefix import PrefixMemory, default_windows_per_call, query_windows
 from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
@@ -187,7 +187,7 @@ def ingest(
     capacity: memory slots per row (default: enough for the prompt plus one more window).
     memory_cfg: the memory backend (dense by default; topk, or faiss for memories that do not fit the device).
     windows_per_call: prefix windows read together, layer by layer (`focused.memory.prefix`; the same numbers as
-        one window at a time, in fewer, larger matrix products); None = about TOKENS_PER_CALL tokens a call. Used
+        one window at a time, in fewer, larger matrix products); None = `default_windows_per_call`. Used
         when the memory is read in full (dense backend) by the flash kernel (`memory_read_impl`) and the prompt
         fits it; otherwise, or with 1, one window per call.
     """
@@ -205,7 +205,7 @@ def ingest(
     capacity = capacity or memory_cfg.capacity or max(-(-(prefix + window) // window) * window, window)
     memory = new_store(cfg, batch, memory_cfg, capacity)
     graphdef, params = split_static(model)
-    per_call = windows_per_call or max(1, TOKENS_PER_CALL // window)
+    per_call = windows_per_call or default_windows_per_call(window)
     flash = cfg.memory_read_impl == "flash"  # windows read together always use the flash kernel
     if per_call > 1 and flash and prefix > window and _reads_in_full(memory, prefix):
         _read_prefix(graphdef, params, memory, input_ids[:, :prefix], valid[:, :prefix], window, per_call, progress)

@@ -28,7 +28,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.core import MemoryBlock, flash_chunk
-from focused.memory.prefix import TOKENS_PER_CALL, PrefixMemory, query_windows
+from focused.memory.prefix import PrefixMemory, default_windows_per_call, query_windows
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
@@ -244,8 +244,8 @@ def forward_long(
         forward: the last `last_context_length` tokens are the final chunk). Every window, the final chunk
         included, is appended to the returned memory.
       windows_per_call: whole windows read together, layer by layer (`focused.memory.prefix`, `windows_step`: the
-        same numbers in fewer, larger matrix products), in power-of-two groups up to this many; None = about
-        TOKENS_PER_CALL tokens (and LOGIT_BUDGET logits) a call, 1 = one window a call. Used for dense memory
+        same numbers in fewer, larger matrix products), in power-of-two groups up to this many; None =
+        `default_windows_per_call` (at most LOGIT_BUDGET logits a call), 1 = one window a call. Used for dense memory
         (top_k None) read by the flash kernel that the input does not overflow, with logits "all" or None.
     Returns:
       (logits as asked, float32, the memory after the last window).
@@ -272,7 +272,9 @@ def forward_long(
     everything = jnp.zeros((batch, n, cfg.vocab_size), jnp.float32) if logits == "all" else None
     if windows_per_call is not None and windows_per_call < 1:
         raise ValueError(f"windows_per_call must be >= 1 (or None for the default), got {windows_per_call}")
-    per_call = windows_per_call or max(1, min(TOKENS_PER_CALL, LOGIT_BUDGET // (batch * cfg.vocab_size)) // window)
+    per_call = windows_per_call or default_windows_per_call(window)
+    if logits == "all":
+        per_call = max(1, min(per_call, LOGIT_BUDGET // (batch * cfg.vocab_size * window)))
     together = per_call > 1 and cfg.memory_read_impl == "flash" and top_k is None and cfg.mem_layers
     together = together and logits in ("all", None)
     together = together and written + n <= memory.mask.shape[1]  # nothing read in a call is overwritten in it

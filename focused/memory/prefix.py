@@ -30,8 +30,10 @@ from focused.memory.flash import flash_attention_sets
 # queries per block of the earlier-window read: about one flash score block's worth of positions (on 2 CPU cores
 # 512 beat 256 and 1024 for a 4-head model with 64-token windows: 0.24 s against 0.30-0.34 s for 8K tokens)
 QUERY_BLOCK = 512
-# prefix tokens a call reads when windows go through the model together (`ingest`, `forward_long`)
-TOKENS_PER_CALL = 8192
+# prefix tokens a call reads when windows go through the model together (`ingest`, `forward_long`): on 2 CPU cores
+# a small model's 8K ingest (64-token windows) took 0.23-0.29 s with 32 windows a call, 0.27-0.33 s with 128, 0.40-0.46
+# s with 8 and 0.62-0.75 s with 1; the mid model's (512-token windows) 3.6-4.3 s with 1, 4.2-4.5 s with 16
+TOKENS_PER_CALL = 2048
 
 
 @functools.partial(
@@ -57,6 +59,12 @@ class PrefixMemory:
         if keys.shape[0] % self.windows:
             raise ValueError(f"{keys.shape[0]} rows are not whole documents of {self.windows} windows")
         return dataclasses.replace(self, keys=keys.astype(dtype), values=values.astype(dtype), mask=mask)
+
+
+def default_windows_per_call(window: int) -> int:
+    """Windows a call reads by default: about TOKENS_PER_CALL tokens of short windows; windows of QUERY_BLOCK tokens
+    or more one at a time (their matrix products are large already, and on CPU larger ones only miss the cache)."""
+    return max(1, TOKENS_PER_CALL // window) if window < QUERY_BLOCK else 1
 
 
 def query_windows(windows: int, window: int) -> int:

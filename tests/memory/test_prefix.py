@@ -9,7 +9,7 @@ import focused.generate as generate_module
 from focused.generate import generate, ingest
 from focused.memory.backends import MemoryConfig
 from focused.memory.core import MemoryBlock, causal_mask, heads_major, memory_attention
-from focused.memory.prefix import PrefixMemory, prefix_attention, query_windows
+from focused.memory.prefix import PrefixMemory, default_windows_per_call, prefix_attention, query_windows
 from tests.memory.test_dense import build, tiny_config
 
 
@@ -64,6 +64,14 @@ def test_query_windows_divides_the_call_and_bounds_the_block():
     assert query_windows(12, 64) == 6  # the largest divisor with at most 512 positions
     assert query_windows(7, 64) == 7
     assert query_windows(3, 1024) == 1
+
+
+def test_default_windows_per_call_batches_short_windows_only():
+    assert default_windows_per_call(64) == 32  # 2048 tokens a call
+    assert default_windows_per_call(16) == 128
+    assert default_windows_per_call(256) == 8
+    assert default_windows_per_call(512) == 1  # large windows: one a call
+    assert default_windows_per_call(2048) == 1
 
 
 def test_bind_refuses_rows_that_are_not_whole_documents():
