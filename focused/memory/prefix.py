@@ -11,7 +11,9 @@ works on all of them at once, and a memory layer lets window i attend, in ONE so
 which is exactly what reading the windows one at a time and appending each to the store would give (DESIGN §3).
 The work is the same, but it runs as a few large matrix products instead of n small ones, and the earlier-window
 part is read by query blocks of about `QUERY_BLOCK` positions whose fill level stops the flash kernel at the
-block's last window (so no key past the triangle is read). `focused.generate.ingest` uses it for the dense store.
+block's last window (so no key past the triangle is read). `focused.generate.ingest` and
+`focused.memory.dense.forward_long` use it for dense memory read by the flash kernel (top-k and kNN memories read
+only some keys per query, so they go one window at a time).
 
 Shapes: R = docs * n rows of W tokens; q `[R, W, heads, d]`; keys/values `[R, W, kv_heads, d]`.
 """
@@ -56,6 +58,8 @@ class PrefixMemory:
 
     def bind(self, keys: jax.Array, values: jax.Array, mask: jax.Array, dtype) -> PrefixMemory:
         """The same memory with this call's own raw keys/values `[rows, W, kv_heads, d]` and key mask `[rows, W]`."""
+        if self.store is not None and self.store.top_k is not None:
+            raise ValueError("windows read together need a dense memory block (top_k None); read top-k one at a time")
         if keys.shape[0] % self.windows:
             raise ValueError(f"{keys.shape[0]} rows are not whole documents of {self.windows} windows")
         return dataclasses.replace(self, keys=keys.astype(dtype), values=values.astype(dtype), mask=mask)

@@ -74,10 +74,13 @@ def test_default_windows_per_call_batches_short_windows_only():
     assert default_windows_per_call(2048) == 1
 
 
-def test_bind_refuses_rows_that_are_not_whole_documents():
+def test_bind_refuses_rows_that_are_not_whole_documents_and_top_k_memory():
     x = jnp.zeros((5, 4, 1, 2))
     with pytest.raises(ValueError, match="not whole documents of 2 windows"):
         PrefixMemory(2).bind(x, x, jnp.ones((5, 4), bool), jnp.float32)
+    top_k = MemoryBlock(x[:1], x[:1], jnp.ones((1, 4), bool), top_k=2)
+    with pytest.raises(ValueError, match="need a dense memory block"):
+        PrefixMemory(5, top_k).bind(x, x, jnp.ones((5, 4), bool), jnp.float32)
 
 
 def _prompt(config, rng, batch=2, n=75, pad=9):
