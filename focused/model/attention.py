@@ -84,6 +84,7 @@ class Attention(nnx.Module):
         memory: MemoryBlock | CrossBatch | PrefixMemory | Retriever | None = None,
         cache: WindowKV | None = None,
         cache_index: jax.Array | int = 0,
+        query_positions: jax.Array | None = None,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
         """x `[batch, seq, hidden]`; local_mask `[batch, seq, keys]` bool where keys = seq, or the cache size.
 
@@ -93,12 +94,24 @@ class Attention(nnx.Module):
         (raw in memory layers, rotated at their slot's position in the others) and values `[batch * kv_heads,
         head_dim, cache_size]`; the window's keys/values are written into it in place at `cache_index` and
         attention runs over the whole buffer (masked by local_mask).
-        Returns (output `[batch, seq, hidden]`, the window's raw keys/values if this is a memory layer else None,
-        the updated cache or None).
+        query_positions: `[batch, n]` int (in 0..seq-1): queries only at these positions of each row, against
+        every key (see `focused.model.llama`); the output is then `[batch, n, hidden]`.
+        Returns (output `[batch, seq or n, hidden]`, the window's raw keys/values if this is a memory layer else
+        None, the updated cache or None).
         """
         cfg = self.config
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, cfg.num_attention_heads, cfg.head_size)
+        key_valid = local_mask[:, -1, :]  # [batch, keys]: the last query's row of a causal mask
+        if query_positions is not None:
+            rows = query_positions[..., None]
+            x_q = jnp.take_along_axis(x, rows, axis=1)
+            local_mask = jnp.take_along_axis(local_mask, rows, axis=1)
+            rope = rope._replace(
+                q_cos=jnp.take_along_axis(rope.q_cos, rows, axis=1), q_sin=jnp.take_along_axis(rope.q_sin, rows, axis=1)
+            )
+        else:
+            x_q = x
+        q = self.q_proj(x_q).reshape(b, x_q.shape[1], cfg.num_attention_heads, cfg.head_size)
         k, v = self.raw_kv(x)
         raw = WindowKV(k, v) if self.is_memory_layer else None
         new_cache = None
@@ -132,9 +145,9 @@ class Attention(nnx.Module):
         if t == 1:
             impl = "reference"
         if isinstance(memory, CrossBatch):  # training: memory = earlier rows of this batch, un-rotated
-            memory = memory.rolled(raw.keys, raw.values, local_mask[:, -1, :])
+            memory = memory.rolled(raw.keys, raw.values, key_valid)
         elif isinstance(memory, PrefixMemory):  # ingest: this call's earlier windows, as the store would hold them
-            memory = memory.bind(raw.keys, raw.values, local_mask[:, -1, :], resolve_dtype(cfg.mem_dtype))
+            memory = memory.bind(raw.keys, raw.values, key_valid, resolve_dtype(cfg.mem_dtype))
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
@@ -149,7 +162,7 @@ class Attention(nnx.Module):
             kv_chunk=cfg.attention_chunk,
             local_heads_major=cache is not None,
         )
-        return self.o_proj(out.reshape(b, t, -1)), raw, new_cache
+        return self.o_proj(out.reshape(b, q.shape[1], -1)), raw, new_cache
 
     def raw_kv(self, x: jax.Array) -> WindowKV:
         """The un-rotated keys and values `[batch, seq, kv_heads, head_dim]` of x `[batch, seq, hidden]`."""

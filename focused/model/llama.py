@@ -71,8 +71,14 @@ class DecoderLayer(nnx.Module):
         memory: MemoryBlock | CrossBatch | PrefixMemory | None,
         cache: WindowKV | None,
         cache_index: jax.Array | int,
+        query_positions: jax.Array | None = None,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
-        attn, kv, cache = self.self_attn(self.input_layernorm(x), rope, mask, memory, cache, cache_index)
+        """x `[batch, seq, hidden]` → (`[batch, seq, hidden]`, or `[batch, n, hidden]` at `query_positions`
+        `[batch, n]` only: keys and values still come from every position, the rest only from those)."""
+        h = self.input_layernorm(x)
+        attn, kv, cache = self.self_attn(h, rope, mask, memory, cache, cache_index, query_positions)
+        if query_positions is not None:
+            x = jnp.take_along_axis(x, query_positions[..., None], axis=1)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), kv, cache
 
@@ -85,8 +91,9 @@ def _run_layer(
     memory: MemoryBlock | CrossBatch | PrefixMemory | None,
     cache: WindowKV | None,
     cache_index: jax.Array | int,
+    query_positions: jax.Array | None = None,
 ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
-    return layer(x, rope, mask, memory, cache, cache_index)
+    return layer(x, rope, mask, memory, cache, cache_index, query_positions)
 
 
 class LocalCache(NamedTuple):
@@ -136,12 +143,19 @@ class LlamaModel(nnx.Module):
         memory: Sequence[MemoryBlock | None] | CrossBatch | None = None,
         inputs_embeds: jax.Array | None = None,
         cache: LocalCache | None = None,
+        output_positions: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[WindowKV, ...], LocalCache | None]:
         """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`) → (hidden `[batch, seq, hidden]`,
         raw K/V of each memory layer, updated cache).
 
         Without a cache the window attends causally to itself at positions 0..seq-1 (or `positions`). With a
         cache the window is written at slots length..length+seq-1 and attends to every valid slot up to its own.
+
+        output_positions `[batch, n]` int in 0..seq-1: hidden is `[batch, n, hidden]`, the states at those
+        positions. The last layer then runs its queries, residual and MLP only there (its keys and values, and
+        every earlier layer, still at every position): exact, since the last layer's output at a position feeds
+        nothing but that position's logits. A loss on few positions per window (dictionary lookup, passkey
+        tuning) thereby skips most of the last layer, which under CrossBatch is a memory read of r windows.
         """
         cfg = self.config
         mask, rope, valid = self._local_attention(input_ids.shape[:2], attention_mask, positions, cache)
@@ -156,9 +170,11 @@ class LlamaModel(nnx.Module):
         # every layer writes its own cache buffers in place
         index = 0 if cache is None else cache.length
         new_keys, new_values = [], []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             own = None if cache is None else WindowKV(cache.keys[i], cache.values[i])
-            x, kv, own = run(layer, x, rope, mask, mem_by_layer.get(i), own, index)
+            where = output_positions if i == last else None
+            x, kv, own = run(layer, x, rope, mask, mem_by_layer.get(i), own, index, where)
             if kv is not None:
                 new_kv.append(kv)
             if own is not None:
@@ -255,14 +271,21 @@ class LlamaForCausalLM(nnx.Module):
         inputs_embeds: jax.Array | None = None,
         cache: LocalCache | None = None,
         logit_positions: jax.Array | None = None,
+        output_positions: jax.Array | None = None,
     ) -> CausalLMOutput:
         """input_ids `[batch, seq]` int, attention_mask `[batch, seq]` (1 = token, 0 = padding),
         positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer, a `CrossBatch`
         spec (training: memory layers attend to earlier rows of the batch), or None; cache: a `LocalCache`
         (generation, see focused.generate); logit_positions: `[k]` int indices into the window: the lm_head runs
         only there and logits are `[batch, k, vocab]` (None = every position). The full-vocabulary projection
-        is the largest matmul of a small model, so decoding and `forward_long(logits="last")` skip it elsewhere."""
-        hidden, kv, cache = self.model(input_ids, attention_mask, positions, memory, inputs_embeds, cache)
+        is the largest matmul of a small model, so decoding and `forward_long(logits="last")` skip it elsewhere.
+        output_positions: `[batch, n]` int, per row (training on a sparse loss, `focused.training.step`): logits
+        are `[batch, n, vocab]` and the last decoder layer runs only there too (`LlamaModel`)."""
+        if logit_positions is not None and output_positions is not None:
+            raise ValueError("pass logit_positions (shared by all rows) or output_positions (per row), not both")
+        hidden, kv, cache = self.model(
+            input_ids, attention_mask, positions, memory, inputs_embeds, cache, output_positions
+        )
         if logit_positions is not None:
             hidden = jnp.take(hidden, jnp.asarray(logit_positions, jnp.int32), axis=1)
         if self.config.tie_word_embeddings:

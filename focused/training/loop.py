@@ -45,7 +45,7 @@ from focused.training.progress import Progress, summary
 from focused.training.run_dir import RunDirectory
 from focused.training.setup import build_data, build_model, model_config, validate
 from focused.training.signals import StopSignals, interrupted, stop_agreed
-from focused.training.step import make_eval_step, make_train_step
+from focused.training.step import loss_positions, make_eval_step, make_train_step
 
 __all__ = ["TrainingError", "TrainingInterrupted", "make_train_step", "train"]
 
@@ -145,6 +145,13 @@ def _train(
         local = {k: local_rows(batch[k], row0, rows) for k in ("inputs", "targets", "loss_mask")}
         if masked:  # aligned documents leave padding inside batches: keep it out of attention and memory
             local["attention_mask"] = (local_rows(batch["doc_ids"], row0, rows) >= 0).astype(np.int32)
+        if cfg.sparse_logits:  # few loss positions a row: logits and the last layer only there
+            most = int((local["loss_mask"] != 0).sum(axis=1).max(initial=0))
+            if jax.process_count() > 1:  # every process must build the same shape
+                most = max(sharding.allgather_json(most))
+            where = loss_positions(local["loss_mask"], most)
+            if where is not None:
+                local["loss_positions"] = where
         return sharding.global_batch(local, batch_sh, config.data.batch_size)
 
     schedule = RangeSchedule(fot, config.data.k)

@@ -28,6 +28,9 @@ class TrainConfig:
       decay_norms_and_embeddings: apply weight decay to norm weights and embeddings too (default: matrices only).
       log_every / save_every / eval_every: in steps; 0 disables saving / eval.
       keep_checkpoints: how many recent checkpoints orbax keeps.
+      sparse_logits: when every row has at most half its window under the loss (dictionary lookup, passkey
+        tuning), compute logits and the last layer only at those positions (`focused.training.step`): the same
+        loss and gradients, less work; False = every position.
     """
 
     steps: int = 200
@@ -48,6 +51,7 @@ class TrainConfig:
     eval_batches: int = 4
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
+    sparse_logits: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -26,16 +27,43 @@ def token_loss(
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """(sum of masked cross-entropies, (counted tokens, correct argmax predictions)) for `[rows, window]` arrays
     `inputs`, `targets`, `loss_mask` and, where batches hold padding between documents, `attention_mask` (0 on
-    padding: it is then no key of local attention nor of CrossBatch memory)."""
-    logits = model(batch["inputs"], attention_mask=batch.get("attention_mask"), memory=cross_batch).logits
-    targets = batch["targets"]
+    padding: it is then no key of local attention nor of CrossBatch memory).
+
+    With `loss_positions` `[rows, n]` (`loss_positions` below; -1 = padding) only those positions get logits, and
+    the last layer runs only there: the same loss and gradients, for a fraction of the last layer's work."""
+    where = batch.get("loss_positions")
+    targets, mask = batch["targets"], batch["loss_mask"].astype(jnp.float32)
+    if where is not None:
+        at = jnp.maximum(where, 0)
+        targets = jnp.take_along_axis(targets, at, axis=1)
+        mask = jnp.take_along_axis(mask, at, axis=1) * (where >= 0)
+        where = at
+    logits = model(
+        batch["inputs"], attention_mask=batch.get("attention_mask"), memory=cross_batch, output_positions=where
+    ).logits
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    mask = batch["loss_mask"].astype(jnp.float32)
     # the target is the argmax when its logit is the row's maximum (a tie counts as correct): a max-reduction and
     # a gather, where XLA:CPU's argmax (a variadic reduction) cost ~5% of a small model's train step
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     correct = ((target_logit >= logits.max(-1)) * mask).sum()
     return (ce * mask).sum(), (mask.sum(), correct)
+
+
+def loss_positions(loss_mask: np.ndarray, most: int | None = None, max_fraction: float = 0.5) -> np.ndarray | None:
+    """`[rows, n]` int32 from loss_mask `[rows, window]`: each row's positions with a nonzero loss weight, in
+    order, padded with -1. n is the power of two ≥ `most` (default: the largest count of a row here; processes
+    of a multi-host job pass the largest over all of them), so a few shapes serve every batch. None when n
+    exceeds `max_fraction` of the window: computing every position is then about as cheap."""
+    if most is None:
+        most = int((loss_mask != 0).sum(axis=1).max(initial=0))
+    n = 1 << max(most - 1, 0).bit_length()
+    if n > max_fraction * loss_mask.shape[1]:
+        return None
+    rank = np.cumsum(loss_mask != 0, axis=1) - 1  # the slot of each counted position in its row
+    out = np.full((loss_mask.shape[0], n), -1, np.int32)
+    rows, cols = np.nonzero(loss_mask)
+    out[rows, rank[rows, cols]] = cols
+    return out
 
 
 def make_train_step(

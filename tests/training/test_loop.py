@@ -7,6 +7,7 @@ import pytest
 from focused.config import load_config
 from focused.training.checkpoint import load_model
 from focused.training.loop import train
+from focused.training.step import loss_positions
 
 
 def micro_config(workdir, steps, **train_overrides):
@@ -131,3 +132,46 @@ def test_eval_export_and_init_from_the_exported_folder(tmp_path):
     again.init_from = str(hf)
     last = train(again)
     assert last["loss"] < 8.25  # starts from the trained weights (a fresh model starts at ln 4096 = 8.32)
+
+
+def test_sparse_logits_train_exactly_like_every_position(tmp_path, monkeypatch):
+    """Dictionary lookup counts only query values (1 position in 4 of a query row, none in a definitions row):
+    the default path computes logits and the last (memory) layer only there, and trains like the full one."""
+    from focused.training import loop
+
+    widths = []
+
+    def spy(mask, most=None):
+        out = loss_positions(mask, most)
+        widths.append(None if out is None else out.shape[1])
+        return out
+
+    monkeypatch.setattr(loop, "loss_positions", spy)
+
+    def run(name, sparse):
+        workdir = tmp_path / name
+        argv = [
+            "train.py",
+            "--config",
+            "configs/dict_lookup_fot.py",
+            f"--config.workdir={workdir}",
+            "--config.data.batch_size=8",
+            "--config.fot.initial_range=-1",
+            "--config.fot.cross_batch_range=5",
+            "--config.train.steps=3",
+            "--config.train.log_every=1",
+            "--config.train.save_every=0",
+            "--config.train.async_checkpointing=False",
+            "--config.model.attention_impl=flash",
+            f"--config.train.sparse_logits={sparse}",
+        ]
+        train(load_config(argv))
+        return losses(workdir)
+
+    full = run("full", False)
+    assert widths == []
+    sparse = run("sparse", True)
+    assert widths == [16, 16, 16]  # 16 queries a page, 64 positions: the sparse path ran every step
+    assert sorted(full) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert sparse[step] == pytest.approx(full[step], rel=1e-5)

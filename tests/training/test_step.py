@@ -1,10 +1,14 @@
-"""The train step's loss with padding inside batches (`config.data.align_documents`)."""
+"""The train step's loss: padding inside batches (`config.data.align_documents`), a direct recount, and the
+sparse-loss path (logits and the last layer only at loss positions) against the full one."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
 from focused.memory.crossbatch import CrossBatch
-from focused.training.step import token_loss
+from focused.training.step import loss_positions, token_loss
 from tests.memory.test_dense import build, tiny_config
 
 
@@ -61,3 +65,80 @@ def test_loss_and_correct_count_equal_a_direct_recount():
     assert float(count) == mask.sum()
     assert int(correct) == int(((logits.argmax(-1) == targets) * mask).sum()) > 0
     np.testing.assert_allclose(float(loss), (ce * mask).sum(), rtol=1e-5)
+
+
+def test_loss_positions_lists_each_rows_counted_positions_padded_to_a_power_of_two():
+    rng = np.random.default_rng(5)
+    mask = (rng.random((6, 32)) < 0.15).astype(np.float32) * rng.uniform(0.5, 2.0, (6, 32))
+    mask[2] = 0  # a row without any loss position (a definitions row of dictionary lookup)
+    got = loss_positions(mask)
+    most = int((mask != 0).sum(1).max())
+    assert got.shape == (6, 1 << (most - 1).bit_length()) and got.dtype == np.int32
+    for row in range(6):
+        want = np.flatnonzero(mask[row])
+        np.testing.assert_array_equal(got[row, : len(want)], want)
+        assert (got[row, len(want) :] == -1).all()
+    assert loss_positions(mask, most=9).shape == (6, 16)  # a multi-host job's agreed width
+    assert loss_positions(np.ones((2, 32))) is None  # a language-model loss: every position counts
+    assert loss_positions(mask, most=17) is None  # over half the window
+
+
+def sparse_batch(seed: int, rows: int = 4, seq: int = 16) -> dict[str, jnp.ndarray]:
+    """Random tokens and targets; about a fifth of the positions counted, one row with none and one fully padded
+    tail (attention_mask 0 from position 12 on)."""
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((rows, seq)) < 0.2).astype(np.float32)
+    mask[1] = 0
+    mask[0, [3, 7]] = 1.0
+    attention = np.ones((rows, seq), np.int32)
+    attention[2, 12:] = 0
+    mask[2, 11:] = 0
+    return {
+        "inputs": jnp.asarray(rng.integers(0, 97, (rows, seq)), jnp.int32),
+        "targets": jnp.asarray(rng.integers(0, 97, (rows, seq)), jnp.int32),
+        "loss_mask": jnp.asarray(mask),
+        "attention_mask": jnp.asarray(attention),
+    }
+
+
+@pytest.mark.parametrize(
+    ("mem_layers", "impl", "spec"),
+    [
+        ((2,), "flash", CrossBatch(range=3, group=2)),  # the memory layer is the last layer (dictionary lookup)
+        ((2,), "reference", CrossBatch(range=3, group=2)),
+        ((0,), "flash", CrossBatch(range=2, group=2)),  # memory earlier: only the plain last layer is cut
+        ((), "flash", None),
+    ],
+)
+def test_sparse_loss_equals_the_full_loss_and_gradients(mem_layers, impl, spec):
+    config = tiny_config(mem_layers=mem_layers, attention_impl=impl, memory_read_impl=impl)
+    graphdef, params = nnx.split(build(config, seed=7))
+    batch = sparse_batch(11)
+    sparse = dict(batch, loss_positions=jnp.asarray(loss_positions(np.asarray(batch["loss_mask"]))))
+    assert sparse["loss_positions"].shape[1] < batch["inputs"].shape[1]
+
+    def loss(params, batch):
+        return token_loss(nnx.merge(graphdef, params), batch, spec)
+
+    (full, (count, correct)), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
+    (cut, (count_s, correct_s)), grads_s = jax.value_and_grad(loss, has_aux=True)(params, sparse)
+    assert float(count_s) == float(count) == float(batch["loss_mask"].sum())
+    assert int(correct_s) == int(correct)
+    np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+
+
+def test_output_positions_give_the_full_models_states_at_those_positions():
+    """Per-row positions (repeats allowed): the logits equal the full forward's at those positions, with CrossBatch
+    memory in the last layer; asking for both position arguments is refused."""
+    model = build(tiny_config(mem_layers=(2,)), seed=3)
+    inputs = jnp.asarray(np.random.default_rng(4).integers(0, 97, (4, 16)), jnp.int32)
+    where = jnp.asarray([[0, 5, 15], [2, 2, 9], [14, 1, 3], [7, 8, 0]], jnp.int32)
+    spec = CrossBatch(range=2, group=2)
+    full = model(inputs, memory=spec).logits
+    cut = model(inputs, memory=spec, output_positions=where).logits
+    assert cut.shape == (4, 3, 97)
+    np.testing.assert_allclose(cut, jnp.take_along_axis(full, where[..., None], axis=1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        model(inputs, logit_positions=jnp.zeros(1, jnp.int32), output_positions=where)
