@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from focused.memory.prefix import PrefixMemory
 
 MASKED = float(jnp.finfo(jnp.float32).min)
+# CrossBatch ranges from which the flash path reads memory by blocks of rows (`focused.memory.banded`) instead of
+# one rolled window at a time
+BANDED_MIN_RANGE = 32
 IMPLS = ("reference", "flash")
 # The flash kernel's score block per key chunk, `[batch, heads, queries, chunk]`: few queries (a small model's short
 # window) read a long memory in fewer, larger chunks, each loop step costing more than its arithmetic on CPU
@@ -264,6 +267,12 @@ def memory_attention(
         memory = memory.materialize()
     in_place = isinstance(memory, RolledMemory)  # CrossBatch read in place by the flash kernel
     dense_block = isinstance(memory, MemoryBlock) and top_k is None
+    if in_place and memory.visible.shape[1] >= BANDED_MIN_RANGE:  # a long CrossBatch range: rows by blocks
+        from focused.memory.banded import banded_crossbatch_attention
+
+        local = (k, v, local_mask)
+        out = banded_crossbatch_attention(qg, memory.keys, memory.values, memory.mask, memory.visible, local)
+        return out.reshape(batch, seq, heads, dim)
     if impl == "flash" and (memory is None or dense_block or in_place):
         from focused.memory.flash import flash_attention_sets
 
