@@ -57,17 +57,24 @@ def banded_crossbatch_attention(
     key_valid: jax.Array,
     visible: jax.Array,
     local: tuple[jax.Array, jax.Array, jax.Array],
+    stride: int = 1,
 ) -> jax.Array:
-    """Attention of q over [CrossBatch memory ; the row's own window] in one softmax (see the module docstring)."""
-    b, t = q.shape[:2]
+    """Attention of q over [CrossBatch memory ; the row's own window] in one softmax (see the module docstring).
+
+    stride s > 1: q, visible and the local set hold only rows s-1, 2s-1, … of the batch (query row i is batch row
+    s·i + s - 1; a sparse loss on the last row of each k-group); keys, values and key_valid hold every row."""
+    bq, t = q.shape[:2]
     r = visible.shape[1]
-    return _banded(q, keys, values, key_valid, visible, local, block_rows(b, t, r), chunk_rows(keys.shape[1]))
+    block = block_rows(bq, t, max(r // stride, 1))
+    return _banded(q, keys, values, key_valid, visible, local, block, chunk_rows(keys.shape[1]), stride)
 
 
-def _geometry(batch: int, range_: int, block: int, chunk: int) -> tuple[int, int]:
-    """(chunks per block, rows of padding after the batch) for memory padded with range_ rows in front."""
-    chunks = math.ceil((block + range_ - 1) / chunk)
-    return chunks, max(0, (batch - block) + chunks * chunk - (batch + range_))
+def _geometry(batch: int, range_: int, block: int, chunk: int, stride: int) -> tuple[int, int]:
+    """(chunks per block, rows of padding after the batch) for memory padded with range_ rows in front; a block of
+    `block` query rows spans stride·(block - 1) + range_ memory rows."""
+    chunks = math.ceil((stride * (block - 1) + range_) / chunk)
+    last_start = batch - stride * block + stride - 1  # padded row where the last block's band starts
+    return chunks, max(0, last_start + chunks * chunk - (batch + range_))
 
 
 def _pad_rows(x: jax.Array, front: int, back: int) -> jax.Array:
@@ -91,14 +98,21 @@ def _split_queries(x: jax.Array, rows: int, t: int) -> jax.Array:
     return jnp.transpose(x.reshape(kvh, -1, rows, t, *rest), (2, 3, 0, 1, *range(4, 4 + len(rest))))
 
 
-def _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, range_, scale):
-    """Scores `[kvh, g·block·t, chunk·seq]` of a block's merged queries against memory chunk c (rows
-    i0-range_+c·chunk … in batch coordinates; padded arrays start range_ rows earlier), and the chunk's keys."""
+def _band_start(i0: jax.Array, stride: int) -> jax.Array:
+    """The padded memory row where the band of the block starting at query row i0 begins (batch row
+    stride·i0 + stride - 1 - range_, padded by range_ rows)."""
+    return stride * i0 + stride - 1
+
+
+def _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, range_, scale, stride):
+    """Scores `[kvh, g·block·t, chunk·seq]` of a block's merged queries (query rows i0 …) against memory chunk c
+    (padded rows from `_band_start` + c·chunk; padded arrays start range_ rows before the batch), the chunk's keys,
+    and where its keys may be attended `[block·t, chunk·seq]`."""
     seq = keys_p.shape[1]
-    start = i0 + c * chunk
+    start = _band_start(i0, stride) + c * chunk
     kc = jax.lax.dynamic_slice_in_dim(keys_p, start, chunk, axis=0)  # [chunk, seq, kvh, d]
     valid = jax.lax.dynamic_slice_in_dim(valid_p, start, chunk, axis=0)  # [chunk, seq]
-    q_rows = i0 + jnp.arange(block)
+    q_rows = stride * (i0 + jnp.arange(block)) + stride - 1  # batch rows
     k_rows = start - range_ + jnp.arange(chunk)
     offset = q_rows[:, None] - 1 - k_rows[None, :]  # [block, chunk]
     in_band = (offset >= 0) & (offset < range_)
@@ -124,11 +138,11 @@ def _local(q, k, v, mask, scale):
     return jnp.where(mask[:, None, None], s, MASKED)
 
 
-def _forward(q, keys, values, key_valid, visible, local, block, chunk):
+def _forward(q, keys, values, key_valid, visible, local, block, chunk, stride):
     b, t, kvh, g, d = q.shape
     r = visible.shape[1]
     scale = d**-0.5
-    chunks, back = _geometry(b, r, block, chunk)
+    chunks, back = _geometry(keys.shape[0], r, block, chunk, stride)
     keys_p, values_p = _pad_rows(keys, r, back), _pad_rows(values, r, back)
     valid_p = _pad_rows(key_valid, r, back)
     lk, lv, lmask = local
@@ -147,8 +161,8 @@ def _forward(q, keys, values, key_valid, visible, local, block, chunk):
 
         def body(c, carry):
             m, l, acc = carry
-            s, _, _ = _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, r, scale)
-            vc = jax.lax.dynamic_slice_in_dim(values_p, i0 + c * chunk, chunk, axis=0)
+            s, _, _ = _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, r, scale, stride)
+            vc = jax.lax.dynamic_slice_in_dim(values_p, _band_start(i0, stride) + c * chunk, chunk, axis=0)
             vc = vc.reshape(chunk * vc.shape[1], kvh, d)
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.exp(s - m_new[..., None])
@@ -167,22 +181,22 @@ def _forward(q, keys, values, key_valid, visible, local, block, chunk):
     return out, (m.reshape(b, t, kvh, g), l.reshape(b, t, kvh, g))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _banded(q, keys, values, key_valid, visible, local, block, chunk):
-    return _forward(q, keys, values, key_valid, visible, local, block, chunk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _banded(q, keys, values, key_valid, visible, local, block, chunk, stride=1):
+    return _forward(q, keys, values, key_valid, visible, local, block, chunk, stride)[0]
 
 
-def _fwd(q, keys, values, key_valid, visible, local, block, chunk):
-    out, stats = _forward(q, keys, values, key_valid, visible, local, block, chunk)
+def _fwd(q, keys, values, key_valid, visible, local, block, chunk, stride=1):
+    out, stats = _forward(q, keys, values, key_valid, visible, local, block, chunk, stride)
     return out, (q, keys, values, key_valid, visible, local, out, stats)
 
 
-def _bwd(block, chunk, residuals, d_out):
+def _bwd(block, chunk, stride, residuals, d_out):
     q, keys, values, key_valid, visible, local, out, (m, l) = residuals
     b, t, kvh, g, d = q.shape
     r = visible.shape[1]
     scale = d**-0.5
-    chunks, back = _geometry(b, r, block, chunk)
+    chunks, back = _geometry(keys.shape[0], r, block, chunk, stride)
     keys_p, values_p = _pad_rows(keys, r, back), _pad_rows(values, r, back)
     valid_p = _pad_rows(key_valid, r, back)
     do = d_out.astype(F32)
@@ -208,8 +222,8 @@ def _bwd(block, chunk, residuals, d_out):
 
         def body(c, inner):
             dq, dk_p, dv_p = inner
-            s, kc, allowed = _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, r, scale)
-            start = i0 + c * chunk
+            s, kc, allowed = _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, r, scale, stride)
+            start = _band_start(i0, stride) + c * chunk
             vc = jax.lax.dynamic_slice_in_dim(values_p, start, chunk, axis=0)
             seq = vc.shape[1]
             vc = vc.reshape(chunk * seq, kvh, d).astype(F32)
@@ -238,8 +252,8 @@ def _bwd(block, chunk, residuals, d_out):
     xs = (starts, *(_blocked(x, block) for x in (q, do, m, l, delta)))
     (dk_p, dv_p), dq_mem = jax.lax.scan(one_block, (zeros, zeros), xs)
     dq = dq_mem.reshape(q.shape) + dq_loc
-    d_keys = dk_p[r : r + b].astype(keys.dtype)
-    d_values = dv_p[r : r + b].astype(values.dtype)
+    d_keys = dk_p[r : r + keys.shape[0]].astype(keys.dtype)
+    d_values = dv_p[r : r + keys.shape[0]].astype(values.dtype)
     d_local = (d_lk.astype(lk.dtype), d_lv.astype(lv.dtype), None)
     return dq.astype(q.dtype), d_keys, d_values, None, None, d_local
 

@@ -217,6 +217,7 @@ def memory_attention(
     impl: str = "reference",
     kv_chunk: int = 512,
     local_heads_major: bool = False,
+    query_stride: int = 1,
 ) -> jax.Array:
     """Attention over [memory ; local window] with one float32 softmax.
 
@@ -239,6 +240,8 @@ def memory_attention(
       local_heads_major: k is `[batch, kv_heads, kv_len, head_dim]` and v `[batch, kv_heads, head_dim, kv_len]`
         (the decoding cache's layout, read by one query without transposing the cache); the flash kernel and
         query chunks get them transposed back.
+      query_stride: s > 1 with a `RolledMemory` (CrossBatch with a sparse loss on the last row of each k-group):
+        q, k, v and local_mask hold only rows s-1, 2s-1, … of the batch, the memory every row.
     Returns:
       `[batch, seq, heads, head_dim]` in v's dtype.
     """
@@ -263,16 +266,20 @@ def memory_attention(
         return prefix.prefix_attention(q, k, v, local_mask, memory, kv_chunk)
     if isinstance(memory, RolledMemory) and memory.kv_heads != kv_heads:
         raise ValueError(f"memory has {memory.kv_heads} kv heads, the layer has {kv_heads}")
-    if isinstance(memory, RolledMemory) and (impl != "flash" or top_k is not None or chunked):
-        memory = memory.materialize()
+    if isinstance(memory, RolledMemory):
+        banded = impl == "flash" and top_k is None and not chunked and memory.visible.shape[1] >= BANDED_MIN_RANGE
+        if banded:  # a long CrossBatch range: rows by blocks
+            from focused.memory.banded import banded_crossbatch_attention
+
+            local, s = (k, v, local_mask), query_stride
+            visible = memory.visible[s - 1 :: s]
+            out = banded_crossbatch_attention(qg, memory.keys, memory.values, memory.mask, visible, local, s)
+            return out.reshape(batch, seq, heads, dim)
+        if impl != "flash" or top_k is not None or chunked or query_stride > 1:
+            full, rows = memory.materialize(), slice(query_stride - 1, None, query_stride)
+            memory = MemoryBlock(full.keys[rows], full.values[rows], full.mask[rows])  # the query rows' memory
     in_place = isinstance(memory, RolledMemory)  # CrossBatch read in place by the flash kernel
     dense_block = isinstance(memory, MemoryBlock) and top_k is None
-    if in_place and memory.visible.shape[1] >= BANDED_MIN_RANGE:  # a long CrossBatch range: rows by blocks
-        from focused.memory.banded import banded_crossbatch_attention
-
-        local = (k, v, local_mask)
-        out = banded_crossbatch_attention(qg, memory.keys, memory.values, memory.mask, memory.visible, local)
-        return out.reshape(batch, seq, heads, dim)
     if impl == "flash" and (memory is None or dense_block or in_place):
         from focused.memory.flash import flash_attention_sets
 

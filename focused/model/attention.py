@@ -85,6 +85,7 @@ class Attention(nnx.Module):
         cache: WindowKV | None = None,
         cache_index: jax.Array | int = 0,
         query_positions: jax.Array | None = None,
+        query_stride: int = 1,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
         """x `[batch, seq, hidden]`; local_mask `[batch, seq, keys]` bool where keys = seq, or the cache size.
 
@@ -94,24 +95,30 @@ class Attention(nnx.Module):
         (raw in memory layers, rotated at their slot's position in the others) and values `[batch * kv_heads,
         head_dim, cache_size]`; the window's keys/values are written into it in place at `cache_index` and
         attention runs over the whole buffer (masked by local_mask).
-        query_positions: `[batch, n]` int (in 0..seq-1): queries only at these positions of each row, against
-        every key (see `focused.model.llama`); the output is then `[batch, n, hidden]`.
-        Returns (output `[batch, seq or n, hidden]`, the window's raw keys/values if this is a memory layer else
-        None, the updated cache or None).
+        query_positions: `[batch / query_stride, n]` int (in 0..seq-1): queries only at these positions of each row,
+        against every key (see `focused.model.llama`); the output is then `[batch / query_stride, n, hidden]`.
+        query_stride: s > 1 = queries only in rows s-1, 2s-1, … (a loss only on the last row of each k-group;
+        with CrossBatch memory or none). Keys and values, and CrossBatch memory, still come from every row.
+        Returns (output `[batch, seq, hidden]`, or `[batch / query_stride, n, hidden]`, the window's raw
+        keys/values if this is a memory layer else None, the updated cache or None).
         """
         cfg = self.config
-        b, t, _ = x.shape
         key_valid = local_mask[:, -1, :]  # [batch, keys]: the last query's row of a causal mask
+        x_q, stride = x, query_stride
+        if stride > 1:
+            if cache is not None or not (memory is None or isinstance(memory, CrossBatch)):
+                raise ValueError("query_stride > 1 is for training (CrossBatch memory or none), not for inference")
+            x_q, local_mask = x[stride - 1 :: stride], local_mask[stride - 1 :: stride]
+            rope = rope._replace(q_cos=rope.q_cos[stride - 1 :: stride], q_sin=rope.q_sin[stride - 1 :: stride])
         if query_positions is not None:
-            rows = query_positions[..., None]
-            x_q = jnp.take_along_axis(x, rows, axis=1)
-            local_mask = jnp.take_along_axis(local_mask, rows, axis=1)
+            at = query_positions[..., None]
+            x_q = jnp.take_along_axis(x_q, at, axis=1)
+            local_mask = jnp.take_along_axis(local_mask, at, axis=1)
             rope = rope._replace(
-                q_cos=jnp.take_along_axis(rope.q_cos, rows, axis=1), q_sin=jnp.take_along_axis(rope.q_sin, rows, axis=1)
+                q_cos=jnp.take_along_axis(rope.q_cos, at, axis=1), q_sin=jnp.take_along_axis(rope.q_sin, at, axis=1)
             )
-        else:
-            x_q = x
-        q = self.q_proj(x_q).reshape(b, x_q.shape[1], cfg.num_attention_heads, cfg.head_size)
+        b, t, _ = x.shape
+        q = self.q_proj(x_q).reshape(*x_q.shape[:2], cfg.num_attention_heads, cfg.head_size)
         k, v = self.raw_kv(x)
         raw = WindowKV(k, v) if self.is_memory_layer else None
         new_cache = None
@@ -151,6 +158,8 @@ class Attention(nnx.Module):
         elif isinstance(memory, Retriever):  # kNN index: each query fetches its own neighbours
             memory = memory.retrieve(q)
         chunk = cfg.mem_attention_grouping[1] if cfg.mem_attention_grouping else None
+        if stride > 1:  # the query rows' own windows
+            k, v = k[stride - 1 :: stride], v[stride - 1 :: stride]
         out = memory_attention(
             q,
             k,
@@ -161,8 +170,9 @@ class Attention(nnx.Module):
             impl=impl,
             kv_chunk=cfg.attention_chunk,
             local_heads_major=cache is not None,
+            query_stride=stride,
         )
-        return self.o_proj(out.reshape(b, q.shape[1], -1)), raw, new_cache
+        return self.o_proj(out.reshape(*q.shape[:2], -1)), raw, new_cache
 
     def raw_kv(self, x: jax.Array) -> WindowKV:
         """The un-rotated keys and values `[batch, seq, kv_heads, head_dim]` of x `[batch, seq, hidden]`."""

@@ -72,11 +72,14 @@ class DecoderLayer(nnx.Module):
         cache: WindowKV | None,
         cache_index: jax.Array | int,
         query_positions: jax.Array | None = None,
+        query_stride: int = 1,
     ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
-        """x `[batch, seq, hidden]` → (`[batch, seq, hidden]`, or `[batch, n, hidden]` at `query_positions`
-        `[batch, n]` only: keys and values still come from every position, the rest only from those)."""
+        """x `[batch, seq, hidden]` → (`[batch, seq, hidden]`, or `[batch / query_stride, n, hidden]` at
+        `query_positions` `[batch / query_stride, n]` of rows query_stride-1, 2·query_stride-1, … only: keys and
+        values still come from every position of every row, the rest only from those)."""
         h = self.input_layernorm(x)
-        attn, kv, cache = self.self_attn(h, rope, mask, memory, cache, cache_index, query_positions)
+        attn, kv, cache = self.self_attn(h, rope, mask, memory, cache, cache_index, query_positions, query_stride)
+        x = x[query_stride - 1 :: query_stride]
         if query_positions is not None:
             x = jnp.take_along_axis(x, query_positions[..., None], axis=1)
         x = x + attn
@@ -92,8 +95,9 @@ def _run_layer(
     cache: WindowKV | None,
     cache_index: jax.Array | int,
     query_positions: jax.Array | None = None,
+    query_stride: int = 1,
 ) -> tuple[jax.Array, WindowKV | None, WindowKV | None]:
-    return layer(x, rope, mask, memory, cache, cache_index, query_positions)
+    return layer(x, rope, mask, memory, cache, cache_index, query_positions, query_stride)
 
 
 class LocalCache(NamedTuple):
@@ -144,6 +148,7 @@ class LlamaModel(nnx.Module):
         inputs_embeds: jax.Array | None = None,
         cache: LocalCache | None = None,
         output_positions: jax.Array | None = None,
+        output_stride: int = 1,
     ) -> tuple[jax.Array, tuple[WindowKV, ...], LocalCache | None]:
         """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`) → (hidden `[batch, seq, hidden]`,
         raw K/V of each memory layer, updated cache).
@@ -156,6 +161,8 @@ class LlamaModel(nnx.Module):
         every earlier layer, still at every position): exact, since the last layer's output at a position feeds
         nothing but that position's logits. A loss on few positions per window (dictionary lookup, passkey
         tuning) thereby skips most of the last layer, which under CrossBatch is a memory read of r windows.
+        output_stride s > 1: output_positions `[batch / s, n]` are positions of rows s-1, 2s-1, … only (a loss on
+        the last row of each k-group, as dictionary lookup's query rows): the last layer skips the other rows.
         """
         cfg = self.config
         mask, rope, valid = self._local_attention(input_ids.shape[:2], attention_mask, positions, cache)
@@ -164,7 +171,7 @@ class LlamaModel(nnx.Module):
         if memory is not None and len(memory) != len(cfg.mem_layers):
             raise ValueError(f"got {len(memory)} memory blocks for {len(cfg.mem_layers)} memory layers")
         mem_by_layer = dict(zip(cfg.mem_layers, memory or (None,) * len(cfg.mem_layers), strict=True))
-        run = nnx.remat(_run_layer) if cfg.remat else _run_layer
+        run = nnx.remat(_run_layer, static_argnums=(8,)) if cfg.remat else _run_layer
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         new_kv: list[WindowKV] = []
         # every layer writes its own cache buffers in place
@@ -173,8 +180,8 @@ class LlamaModel(nnx.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             own = None if cache is None else WindowKV(cache.keys[i], cache.values[i])
-            where = output_positions if i == last else None
-            x, kv, own = run(layer, x, rope, mask, mem_by_layer.get(i), own, index, where)
+            where, stride = (output_positions, output_stride) if i == last else (None, 1)
+            x, kv, own = run(layer, x, rope, mask, mem_by_layer.get(i), own, index, where, stride)
             if kv is not None:
                 new_kv.append(kv)
             if own is not None:
@@ -272,6 +279,7 @@ class LlamaForCausalLM(nnx.Module):
         cache: LocalCache | None = None,
         logit_positions: jax.Array | None = None,
         output_positions: jax.Array | None = None,
+        output_stride: int = 1,
     ) -> CausalLMOutput:
         """input_ids `[batch, seq]` int, attention_mask `[batch, seq]` (1 = token, 0 = padding),
         positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer, a `CrossBatch`
@@ -280,11 +288,14 @@ class LlamaForCausalLM(nnx.Module):
         only there and logits are `[batch, k, vocab]` (None = every position). The full-vocabulary projection
         is the largest matmul of a small model, so decoding and `forward_long(logits="last")` skip it elsewhere.
         output_positions: `[batch, n]` int, per row (training on a sparse loss, `focused.training.step`): logits
-        are `[batch, n, vocab]` and the last decoder layer runs only there too (`LlamaModel`)."""
+        are `[batch, n, vocab]` and the last decoder layer runs only there too (`LlamaModel`); with
+        output_stride s > 1 only for rows s-1, 2s-1, …: `[batch / s, n]` → logits `[batch / s, n, vocab]`."""
         if logit_positions is not None and output_positions is not None:
             raise ValueError("pass logit_positions (shared by all rows) or output_positions (per row), not both")
+        if output_stride > 1 and output_positions is None:
+            raise ValueError("output_stride > 1 needs output_positions (the positions of the rows it keeps)")
         hidden, kv, cache = self.model(
-            input_ids, attention_mask, positions, memory, inputs_embeds, cache, output_positions
+            input_ids, attention_mask, positions, memory, inputs_embeds, cache, output_positions, output_stride
         )
         if logit_positions is not None:
             hidden = jnp.take(hidden, jnp.asarray(logit_positions, jnp.int32), axis=1)

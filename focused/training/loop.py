@@ -45,7 +45,7 @@ from focused.training.progress import Progress, summary
 from focused.training.run_dir import RunDirectory
 from focused.training.setup import build_data, build_model, model_config, validate
 from focused.training.signals import StopSignals, interrupted, stop_agreed
-from focused.training.step import loss_positions, make_eval_step, make_train_step
+from focused.training.step import loss_positions, loss_rows, make_eval_step, make_train_step
 
 __all__ = ["TrainingError", "TrainingInterrupted", "make_train_step", "train"]
 
@@ -147,11 +147,19 @@ def _train(
             local["attention_mask"] = (local_rows(batch["doc_ids"], row0, rows) >= 0).astype(np.int32)
         if cfg.sparse_logits:  # few loss positions a row: logits and the last layer only there
             most = int((local["loss_mask"] != 0).sum(axis=1).max(initial=0))
+            stride = loss_rows(local["loss_mask"], config.data.k)
             if jax.process_count() > 1:  # every process must build the same shape
-                most = max(sharding.allgather_json(most))
+                seen = sharding.allgather_json([most, stride])
+                most, stride = max(m for m, _ in seen), min(s for _, s in seen)
             where = loss_positions(local["loss_mask"], most)
-            if where is not None:
-                local["loss_positions"] = where
+            if where is not None and (config.data.batch_size // stride) % shards:
+                stride = 1  # the query rows would not split evenly over the batch shards
+            if where is not None:  # and only in the rows with a loss when those are the last of each k-group
+                rows_with_loss = {"loss_positions": where[stride - 1 :: stride]}
+                return {
+                    **sharding.global_batch(local, batch_sh, config.data.batch_size),
+                    **sharding.global_batch(rows_with_loss, batch_sh, config.data.batch_size // stride),
+                }
         return sharding.global_batch(local, batch_sh, config.data.batch_size)
 
     schedule = RangeSchedule(fot, config.data.k)

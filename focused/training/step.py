@@ -30,16 +30,24 @@ def token_loss(
     padding: it is then no key of local attention nor of CrossBatch memory).
 
     With `loss_positions` `[rows, n]` (`loss_positions` below; -1 = padding) only those positions get logits, and
-    the last layer runs only there: the same loss and gradients, for a fraction of the last layer's work."""
+    the last layer runs only there: the same loss and gradients, for a fraction of the last layer's work. With
+    `[rows / s, n]` they are positions of rows s-1, 2s-1, … only (`loss_rows`: no other row has a loss)."""
     where = batch.get("loss_positions")
     targets, mask = batch["targets"], batch["loss_mask"].astype(jnp.float32)
+    stride = 1
     if where is not None:
+        stride = targets.shape[0] // where.shape[0]
+        targets, mask = targets[stride - 1 :: stride], mask[stride - 1 :: stride]
         at = jnp.maximum(where, 0)
         targets = jnp.take_along_axis(targets, at, axis=1)
         mask = jnp.take_along_axis(mask, at, axis=1) * (where >= 0)
         where = at
     logits = model(
-        batch["inputs"], attention_mask=batch.get("attention_mask"), memory=cross_batch, output_positions=where
+        batch["inputs"],
+        attention_mask=batch.get("attention_mask"),
+        memory=cross_batch,
+        output_positions=where,
+        output_stride=stride,
     ).logits
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     # the target is the argmax when its logit is the row's maximum (a tie counts as correct): a max-reduction and
@@ -64,6 +72,15 @@ def loss_positions(loss_mask: np.ndarray, most: int | None = None, max_fraction:
     rows, cols = np.nonzero(loss_mask)
     out[rows, rank[rows, cols]] = cols
     return out
+
+
+def loss_rows(loss_mask: np.ndarray, group: int) -> int:
+    """The stride s of the rows with a loss: `group` when only the last row of each group of `group` rows (a
+    k-group: one document's windows) has one (dictionary lookup: its queries row), else 1."""
+    if group < 2 or loss_mask.shape[0] % group:
+        return 1
+    counted = (loss_mask != 0).any(axis=1).reshape(-1, group)
+    return group if not counted[:, :-1].any() else 1
 
 
 def make_train_step(

@@ -13,37 +13,44 @@ from focused.memory.crossbatch import CrossBatch
 from tests.memory.test_dense import build, tiny_config
 from tests.memory.test_flash import grads_of
 
-CASES = [  # cross, rows, block, chunk, positions (None = every position)
-    (CrossBatch(5, group=2), 8, 2, 3, None),  # chunks overlap block edges; band longer than the batch start
-    (CrossBatch(4, group=4, stepping=True), 8, 4, 2, None),  # LongLLaMA's stepped contexts
-    (CrossBatch(3, group=2, distractors=False), 6, 3, 4, None),  # d = 1: only the row's own document
-    (CrossBatch(6, group=2), 12, 1, 5, (1, 4, 6)),  # queries at three positions only, one row per block
-    (CrossBatch(7, group=2), 12, 6, 1, (0, 6)),  # one memory row per step
+CASES = [  # cross, rows, block, chunk, positions (None = every position), query stride
+    (CrossBatch(5, group=2), 8, 2, 3, None, 1),  # chunks overlap block edges; band longer than the batch start
+    (CrossBatch(4, group=4, stepping=True), 8, 4, 2, None, 1),  # LongLLaMA's stepped contexts
+    (CrossBatch(3, group=2, distractors=False), 6, 3, 4, None, 1),  # d = 1: only the row's own document
+    (CrossBatch(6, group=2), 12, 1, 5, (1, 4, 6), 1),  # queries at three positions only, one row per block
+    (CrossBatch(7, group=2), 12, 6, 1, (0, 6), 1),  # one memory row per step
+    (CrossBatch(5, group=2), 12, 3, 4, (2, 5), 2),  # queries only in the odd rows (dictionary lookup's queries)
+    (CrossBatch(6, group=3), 12, 2, 3, None, 3),  # every third row, blocks of two query rows
 ]
 
 
-@pytest.mark.parametrize(("cross", "rows", "block", "chunk", "positions"), CASES)
-def test_banded_read_equals_the_reference_over_the_materialised_block(cross, rows, block, chunk, positions):
+@pytest.mark.parametrize(("cross", "rows", "block", "chunk", "positions", "stride"), CASES)
+def test_banded_read_equals_the_reference_over_the_materialised_block(cross, rows, block, chunk, positions, stride):
     seq, heads, kvh, d = 7, 4, 2, 8
     rng = np.random.default_rng(cross.range * 10 + block)
     where = np.arange(seq) if positions is None else np.asarray(positions)
-    t = len(where)
-    q = jnp.asarray(rng.normal(size=(rows, t, heads, d)), jnp.float32)
-    mk, mv, lk, lv = (jnp.asarray(rng.normal(size=(rows, seq, kvh, d)), jnp.float32) for _ in range(4))
+    t, n = len(where), rows // stride  # queries a row, query rows (rows stride-1, 2·stride-1, …)
+    q = jnp.asarray(rng.normal(size=(n, t, heads, d)), jnp.float32)
+    mk, mv = (jnp.asarray(rng.normal(size=(rows, seq, kvh, d)), jnp.float32) for _ in range(2))
+    lk, lv = (jnp.asarray(rng.normal(size=(n, seq, kvh, d)), jnp.float32) for _ in range(2))
     key_valid = np.ones((rows, seq), bool)
-    key_valid[3, :2] = False  # left padding of one row: no memory key, no local key
-    local = causal_mask(jnp.asarray(key_valid))[:, where]
-    local = local.at[3].set(local[3] | (jnp.arange(seq) == seq - 1))  # every query has a key of its own
+    key_valid[stride * 2 - 1, :2] = False  # left padding of a query row: no memory key, no local key
+    key_valid[4, 3:] = False
+    local = causal_mask(jnp.asarray(key_valid))[stride - 1 :: stride][:, where]
+    local = local | (jnp.arange(seq) == seq - 1)  # every query has a key of its own
     visible = jnp.asarray(cross.visible(rows))
-    cot = jnp.asarray(rng.normal(size=(rows, t, heads, d)), jnp.float32)
+    cot = jnp.asarray(rng.normal(size=(n, t, heads, d)), jnp.float32)
 
     def banded(q, mk, mv, lk, lv):
-        qg = q.reshape(rows, t, kvh, heads // kvh, d)
-        out = _banded(qg, mk, mv, jnp.asarray(key_valid), visible, (lk, lv, local), block, chunk)
-        return out.reshape(rows, t, heads, d)
+        qg = q.reshape(n, t, kvh, heads // kvh, d)
+        mine = visible[stride - 1 :: stride]
+        out = _banded(qg, mk, mv, jnp.asarray(key_valid), mine, (lk, lv, local), block, chunk, stride)
+        return out.reshape(n, t, heads, d)
 
     def reference(q, mk, mv, lk, lv):
-        block_ = RolledMemory(mk, mv, jnp.asarray(key_valid), visible).materialize()
+        full = RolledMemory(mk, mv, jnp.asarray(key_valid), visible).materialize()
+        rows_q = slice(stride - 1, None, stride)
+        block_ = type(full)(full.keys[rows_q], full.values[rows_q], full.mask[rows_q])
         return memory_attention(q, lk, lv, local, block_, impl="reference")
 
     args = (q, mk, mv, lk, lv)

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from focused.memory.crossbatch import CrossBatch
-from focused.training.step import loss_positions, token_loss
+from focused.training.step import loss_positions, loss_rows, token_loss
 from tests.memory.test_dense import build, tiny_config
 
 
@@ -142,3 +142,55 @@ def test_output_positions_give_the_full_models_states_at_those_positions():
     np.testing.assert_allclose(cut, jnp.take_along_axis(full, where[..., None], axis=1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="not both"):
         model(inputs, logit_positions=jnp.zeros(1, jnp.int32), output_positions=where)
+
+
+def test_loss_rows_finds_a_loss_on_the_last_row_of_each_group_only():
+    mask = np.zeros((6, 8))
+    mask[[1, 5], 2] = 1
+    assert loss_rows(mask, 2) == 2  # rows 1 and 5 (row 3 has none)
+    assert loss_rows(mask, 3) == 1  # row 1 is not the last of its group of three
+    mask[2, 0] = 1
+    assert loss_rows(mask, 2) == 1 and loss_rows(mask, 1) == 1
+    assert loss_rows(np.zeros((5, 8)), 2) == 1  # rows not in whole groups
+
+
+@pytest.mark.parametrize(("rows", "r", "impl"), [(8, 3, "flash"), (8, 3, "reference"), (40, 33, "flash")])
+def test_a_loss_on_query_rows_only_skips_the_other_rows_exactly(rows, r, impl):
+    """Dictionary lookup's layout: k = 2, a loss only in the second row of each group. The last (memory) layer
+    then runs for those rows only (rolled, materialised or banded CrossBatch read): the same loss and gradients."""
+    config = tiny_config(mem_layers=(2,), attention_impl=impl, memory_read_impl=impl)
+    graphdef, params = nnx.split(build(config, seed=8))
+    batch = sparse_batch(12, rows=rows)
+    mask = np.asarray(batch["loss_mask"]).copy()
+    mask[0::2] = 0
+    mask[1::2, 5] = 1.0
+    batch["loss_mask"] = jnp.asarray(mask)
+    assert loss_rows(mask, 2) == 2
+    sparse = dict(batch, loss_positions=jnp.asarray(loss_positions(mask)[1::2]))
+    spec = CrossBatch(range=r, group=2)
+
+    def loss(params, batch):
+        return token_loss(nnx.merge(graphdef, params), batch, spec)
+
+    (full, (count, correct)), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
+    (cut, (count_s, correct_s)), grads_s = jax.value_and_grad(loss, has_aux=True)(params, sparse)
+    assert float(count_s) == float(count) == mask.sum() and int(correct_s) == int(correct)
+    np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+
+
+def test_query_rows_are_refused_at_inference():
+    model = build(tiny_config(mem_layers=(2,)), seed=1)
+    inputs = jnp.zeros((4, 16), jnp.int32)
+    with pytest.raises(ValueError, match="needs output_positions"):
+        model(inputs, output_stride=2)
+    layer = model.model.layers[2].self_attn
+    x = jnp.zeros((4, 16, 48))
+    from focused.memory.core import MemoryBlock
+
+    memory = MemoryBlock(jnp.zeros((4, 3, 2, 12)), jnp.zeros((4, 3, 2, 12)), jnp.ones((4, 3), bool))
+    _, rope, _ = model.model._local_attention((4, 16), None, None, None)
+    with pytest.raises(ValueError, match="not for inference"):
+        where = jnp.zeros((2, 1), jnp.int32)
+        layer(x, rope, jnp.ones((4, 16, 16), bool), memory, query_positions=where, query_stride=2)
