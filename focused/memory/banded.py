@@ -8,6 +8,8 @@ products. Here a block of `block` consecutive rows reads the contiguous rows i0-
 sees, `chunk` rows at a time: one `[block · queries · heads/kv_head, chunk · seq]` score tile per kv head,
 sliced out of the keys in place. A key row outside a query row's band (offset not in 0..r-1) is excluded with
 -inf; one inside it that the row does not see (`visible`, padding) gets the reference's finite MASKED score.
+With a row stride s (a loss only on the last row of each k-group, `focused.training.step.loss_rows`) the query
+rows are s-1, 2s-1, … and a block of them spans s·(block - 1) + r memory rows.
 
 Everything shares one float32 softmax with the row's own window (local attention, computed first as the starting
 point of the online softmax). Forward and backward follow `focused.memory.flash` (m and l saved, scores
