@@ -85,14 +85,14 @@ def test_loss_positions_lists_each_rows_counted_positions_padded_to_a_power_of_t
 
 def sparse_batch(seed: int, rows: int = 4, seq: int = 16) -> dict[str, jnp.ndarray]:
     """Random tokens and targets; about a fifth of the positions counted, one row with none and one fully padded
-    tail (attention_mask 0 from position 12 on)."""
+    tail (attention_mask 0 in the last quarter of row 2)."""
     rng = np.random.default_rng(seed)
     mask = (rng.random((rows, seq)) < 0.2).astype(np.float32)
     mask[1] = 0
     mask[0, [3, 7]] = 1.0
     attention = np.ones((rows, seq), np.int32)
-    attention[2, 12:] = 0
-    mask[2, 11:] = 0
+    attention[2, seq * 3 // 4 :] = 0
+    mask[2, seq * 3 // 4 - 1 :] = 0
     return {
         "inputs": jnp.asarray(rng.integers(0, 97, (rows, seq)), jnp.int32),
         "targets": jnp.asarray(rng.integers(0, 97, (rows, seq)), jnp.int32),
@@ -154,11 +154,11 @@ def test_loss_rows_finds_a_loss_on_the_last_row_of_each_group_only():
     assert loss_rows(np.zeros((5, 8)), 2) == 1  # rows not in whole groups
 
 
-@pytest.mark.parametrize(("rows", "r", "impl"), [(8, 3, "flash"), (8, 3, "reference"), (40, 33, "flash")])
+@pytest.mark.parametrize(("rows", "r", "impl"), [(8, 3, "reference"), (40, 33, "flash")])
 def test_a_loss_on_query_rows_only_skips_the_other_rows_exactly(rows, r, impl):
     """Dictionary lookup's layout: k = 2, a loss only in the second row of each group. The last (memory) layer
-    then runs for those rows only (rolled, materialised or banded CrossBatch read): the same loss and gradients."""
-    config = tiny_config(mem_layers=(2,), attention_impl=impl, memory_read_impl=impl)
+    then runs for those rows only (materialised or banded CrossBatch read): the same loss and gradients."""
+    config = tiny_config(mem_layers=(1,), num_hidden_layers=2, attention_impl=impl, memory_read_impl=impl)
     graphdef, params = nnx.split(build(config, seed=8))
     batch = sparse_batch(12, rows=rows)
     mask = np.asarray(batch["loss_mask"]).copy()
