@@ -83,6 +83,14 @@ def _pad_rows(x: jax.Array, front: int, back: int) -> jax.Array:
     return jnp.pad(x, [(front, back)] + [(0, 0)] * (x.ndim - 1))
 
 
+def _padded(keys, values, key_valid, range_, block, chunk, stride):
+    """(chunks per block, keys, values and key_valid padded with range_ rows in front and enough behind that every
+    block's last chunk lies inside)."""
+    chunks, back = _geometry(keys.shape[0], range_, block, chunk, stride)
+    pad = [_pad_rows(x, range_, back) for x in (keys, values, key_valid)]
+    return chunks, *pad
+
+
 def _blocked(x: jax.Array, block: int) -> jax.Array:
     """`[b, ...]` → `[b / block, block, ...]` (the scan axis first)."""
     return x.reshape(x.shape[0] // block, block, *x.shape[1:])
@@ -144,9 +152,7 @@ def _forward(q, keys, values, key_valid, visible, local, block, chunk, stride):
     b, t, kvh, g, d = q.shape
     r = visible.shape[1]
     scale = d**-0.5
-    chunks, back = _geometry(keys.shape[0], r, block, chunk, stride)
-    keys_p, values_p = _pad_rows(keys, r, back), _pad_rows(values, r, back)
-    valid_p = _pad_rows(key_valid, r, back)
+    chunks, keys_p, values_p, valid_p = _padded(keys, values, key_valid, r, block, chunk, stride)
     lk, lv, lmask = local
     s_loc = _local(q, lk, lv, lmask, scale)
     m0 = s_loc.max(-1)
@@ -198,9 +204,7 @@ def _bwd(block, chunk, stride, residuals, d_out):
     b, t, kvh, g, d = q.shape
     r = visible.shape[1]
     scale = d**-0.5
-    chunks, back = _geometry(keys.shape[0], r, block, chunk, stride)
-    keys_p, values_p = _pad_rows(keys, r, back), _pad_rows(values, r, back)
-    valid_p = _pad_rows(key_valid, r, back)
+    chunks, keys_p, values_p, valid_p = _padded(keys, values, key_valid, r, block, chunk, stride)
     do = d_out.astype(F32)
     delta = jnp.sum(do * out.astype(F32), -1)  # [b, t, kvh, g]
     lk, lv, lmask = local
