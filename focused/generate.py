@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 from focused.memory.backends import MemoryConfig
 from focused.memory.core import MemoryBlock, heads_major
 from focused.memory.dense import check_capacity
-from focused.memory.prefix import PrefixMemory, default_windows_per_call, query_windows
+from focused.memory.prefix import (
+    PrefixMemory,
+    as_documents,
+    as_windows,
+    default_windows_per_call,
+    query_windows,
+)
 from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
@@ -104,13 +110,11 @@ def _prefix_kv(
 ) -> tuple[jax.Array, jax.Array]:
     """`windows` prefix windows of each row `[batch, windows * W]` in one call (`focused.memory.prefix`), attending
     to the dense memory and to each other → raw keys/values `[mem_layers, batch, windows * W, kv_heads, head_dim]`."""
-    model = merge(graphdef, params)
-    batch, n = input_ids.shape
-    rows = (batch * windows, n // windows)
+    model, docs = merge(graphdef, params), input_ids.shape[0]
     memory = tuple(PrefixMemory(windows, block) for block in reader.blocks())
-    window_kv = model.model.memory_kv(input_ids.reshape(rows), valid.reshape(rows), memory)
-    keys = jnp.stack([kv.keys.reshape(batch, n, *kv.keys.shape[2:]) for kv in window_kv])
-    return keys, jnp.stack([kv.values.reshape(batch, n, *kv.values.shape[2:]) for kv in window_kv])
+    window_kv = model.model.memory_kv(as_windows(input_ids, windows), as_windows(valid, windows), memory)
+    keys = jnp.stack([as_documents(kv.keys, docs) for kv in window_kv])
+    return keys, jnp.stack([as_documents(kv.values, docs) for kv in window_kv])
 
 
 def _reads_in_full(memory: MemoryStore, incoming: int) -> bool:

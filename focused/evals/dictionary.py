@@ -45,6 +45,7 @@ from focused.memory.backends import MemoryConfig
 from focused.memory.dense import DenseMemoryState, append_window, check_capacity, init_memory, memory_blocks
 from focused.memory.faiss_index import KnnIndexConfig
 from focused.memory.knn import KnnRetriever, add_window, new_store
+from focused.memory.prefix import as_documents
 from focused.model.attention import WindowKV
 from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
@@ -264,10 +265,9 @@ def _device_step(
 def _fill_kv(graphdef: StaticGraph, params: nnx.State, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Many filling windows of a single-memory-layer model at once: input_ids `[batch, n, W]` → the memory
     layer's raw keys, values `[1, batch, n * W, kv_heads, head_dim]` (the layers below read no memory)."""
-    b, n, w = input_ids.shape
-    out = merge(graphdef, params)(input_ids.reshape(b * n, w))
-    (kv,) = out.memory_kv
-    return tuple(x.reshape(1, b, n * w, *x.shape[2:]) for x in (kv.keys, kv.values))
+    docs = input_ids.shape[0]
+    (kv,) = merge(graphdef, params)(input_ids.reshape(-1, input_ids.shape[2])).memory_kv
+    return as_documents(kv.keys, docs)[None], as_documents(kv.values, docs)[None]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

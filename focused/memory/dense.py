@@ -28,7 +28,13 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.core import MemoryBlock, flash_chunk
-from focused.memory.prefix import PrefixMemory, default_windows_per_call, query_windows
+from focused.memory.prefix import (
+    PrefixMemory,
+    as_documents,
+    as_windows,
+    default_windows_per_call,
+    query_windows,
+)
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
@@ -159,17 +165,13 @@ def windows_step(
     """`windows` whole windows of each row `[batch, windows * W]` in one call, layer by layer
     (`focused.memory.prefix`): the same logits and memory as `window_step` on each in turn. Returns (logits
     `[batch, windows * W, vocab]` or None, the memory with all of them appended)."""
-    model = merge(graphdef, params)
-    batch, n = input_ids.shape
-    rows = (batch * windows, n // windows)
+    model, docs = merge(graphdef, params), input_ids.shape[0]
     memory = tuple(PrefixMemory(windows, block) for block in memory_blocks(state, None, view))
     skip = None if with_logits else jnp.zeros(0, jnp.int32)
-    out = model(input_ids.reshape(rows), attention_mask=valid.reshape(rows), memory=memory, logit_positions=skip)
-    kv = tuple(
-        WindowKV(x.keys.reshape(batch, n, *x.keys.shape[2:]), x.values.reshape(batch, n, *x.values.shape[2:]))
-        for x in out.memory_kv
-    )
-    return (out.logits.reshape(batch, n, -1) if with_logits else None), append_window(state, kv, valid)
+    ids, mask = as_windows(input_ids, windows), as_windows(valid, windows)
+    out = model(ids, attention_mask=mask, memory=memory, logit_positions=skip)
+    kv = tuple(WindowKV(as_documents(x.keys, docs), as_documents(x.values, docs)) for x in out.memory_kv)
+    return (as_documents(out.logits, docs) if with_logits else None), append_window(state, kv, valid)
 
 
 def check_capacity(written: int, incoming: int, capacity: int, policy: str) -> None:

@@ -65,6 +65,16 @@ class PrefixMemory:
         return dataclasses.replace(self, keys=keys.astype(dtype), values=values.astype(dtype), mask=mask)
 
 
+def as_windows(x: jax.Array, windows: int) -> jax.Array:
+    """`[docs, windows * W, ...]` → `[docs * windows, W, ...]`: each window its own row (row `b * windows + i`)."""
+    return x.reshape(x.shape[0] * windows, x.shape[1] // windows, *x.shape[2:])
+
+
+def as_documents(x: jax.Array, docs: int) -> jax.Array:
+    """`[docs * windows, W, ...]` → `[docs, windows * W, ...]`: the inverse of `as_windows`."""
+    return x.reshape(docs, -1, *x.shape[2:])
+
+
 def default_windows_per_call(window: int) -> int:
     """Windows a call reads by default: about TOKENS_PER_CALL tokens of short windows; windows of QUERY_BLOCK tokens
     or more one at a time (their matrix products are large already, and on CPU larger ones only miss the cache)."""
