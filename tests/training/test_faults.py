@@ -26,6 +26,7 @@ import pytest
 from focused.convert.__main__ import main as convert_main
 from focused.training import run_dir as run_dir_module
 from focused.training.checkpoint import load_model, params_dict, step_dirs
+from tests.training.micro import MICRO_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,14 +44,7 @@ STEPS = 150  # long enough (~2 s or more) that a signal sent once the loop runs 
 MICRO = [
     "--config",
     "configs/tiny.py",
-    "--config.model.hidden_size=32",
-    "--config.model.intermediate_size=48",
-    "--config.model.num_hidden_layers=2",
-    "--config.model.num_attention_heads=4",
-    "--config.model.num_key_value_heads=2",
-    "--config.model.max_position_embeddings=32",
-    "--config.model.last_context_length=16",
-    "--config.model.mem_layers=(1,)",
+    *MICRO_MODEL,
     "--config.data.batch_size=4",
     "--config.data.source.path=focused:sotu",
     # a constant schedule: the compiled step does not depend on config.train.steps, so every run shares one compile

@@ -8,6 +8,7 @@ from focused.config import load_config
 from focused.training.checkpoint import load_model
 from focused.training.loop import train
 from focused.training.step import loss_positions
+from tests.training.micro import MICRO_MODEL
 
 
 def micro_config(workdir, steps, **train_overrides):
@@ -16,14 +17,7 @@ def micro_config(workdir, steps, **train_overrides):
         "--config",
         "configs/tiny.py",
         f"--config.workdir={workdir}",
-        "--config.model.hidden_size=32",
-        "--config.model.intermediate_size=48",
-        "--config.model.num_hidden_layers=2",
-        "--config.model.num_attention_heads=4",
-        "--config.model.num_key_value_heads=2",
-        "--config.model.max_position_embeddings=32",
-        "--config.model.last_context_length=16",
-        "--config.model.mem_layers=(1,)",
+        *MICRO_MODEL,
         "--config.data.batch_size=4",
         "--config.data.source.path=focused:moby_dick",
         f"--config.train.steps={steps}",

@@ -10,17 +10,12 @@ import time
 
 import pytest
 
+from tests.training.micro import MICRO_MODEL
+
 ARGS = [
     "--config",
     "configs/tiny_fot.py",
-    "--config.model.hidden_size=32",
-    "--config.model.intermediate_size=48",
-    "--config.model.num_hidden_layers=2",
-    "--config.model.num_attention_heads=4",
-    "--config.model.num_key_value_heads=2",
-    "--config.model.max_position_embeddings=32",
-    "--config.model.last_context_length=16",
-    "--config.model.mem_layers=(1,)",
+    *MICRO_MODEL,
     "--config.data.batch_size=8",
     "--config.data.source.path=focused:sotu",
     "--config.train.steps=40",
