@@ -23,7 +23,8 @@ read zeros here where the reference reads rows wrapped around from the end of th
 loss and feeds no valid key, so nothing trained depends on it.
 
 Layouts: q `[b, t, kvh, g, d]`; memory keys, values `[b, seq, kvh, d]` (raw), key_valid `[b, seq]`, visible
-`[b, r]` (row i sees row i-1-j); local keys, values `[b, seq, kvh, d]`, local mask `[b, t, seq]` → `[b, t, kvh, g, d]`.
+`[b, r]` (row i sees row i-1-j) and an optional float bias of that shape (added to those keys' scores,
+`CrossBatch.distractor_weight`); local keys, values `[b, seq, kvh, d]`, local mask `[b, t, seq]` → `[b, t, kvh, g, d]`.
 """
 
 from __future__ import annotations
@@ -60,15 +61,17 @@ def banded_crossbatch_attention(
     visible: jax.Array,
     local: tuple[jax.Array, jax.Array, jax.Array],
     stride: int = 1,
+    bias: jax.Array | None = None,
 ) -> jax.Array:
     """Attention of q over [CrossBatch memory ; the row's own window] in one softmax (see the module docstring).
 
     stride s > 1: q, visible and the local set hold only rows s-1, 2s-1, … of the batch (query row i is batch row
-    s·i + s - 1; a sparse loss on the last row of each k-group); keys, values and key_valid hold every row."""
+    s·i + s - 1; a sparse loss on the last row of each k-group); keys, values and key_valid hold every row.
+    bias: None or `[b, r]` float32 like visible, added to the scores of row i's keys from row i-1-j."""
     bq, t = q.shape[:2]
     r = visible.shape[1]
     block = block_rows(bq, t, max(r // stride, 1))
-    return _banded(q, keys, values, key_valid, visible, local, block, chunk_rows(keys.shape[1]), stride)
+    return _banded(q, keys, values, key_valid, (visible, bias), local, block, chunk_rows(keys.shape[1]), stride)
 
 
 def _geometry(batch: int, range_: int, block: int, chunk: int, stride: int) -> tuple[int, int]:
@@ -114,10 +117,11 @@ def _band_start(i0: jax.Array, stride: int) -> jax.Array:
     return stride * i0 + stride - 1
 
 
-def _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, range_, scale, stride):
+def _chunk_scores(qm, keys_p, valid_p, rows_seen, i0, c, t, block, chunk, range_, scale, stride):
     """Scores `[kvh, g·block·t, chunk·seq]` of a block's merged queries (query rows i0 …) against memory chunk c
     (padded rows from `_band_start` + c·chunk; padded arrays start range_ rows before the batch), the chunk's keys,
-    and where its keys may be attended `[block·t, chunk·seq]`."""
+    and where its keys may be attended `[block·t, chunk·seq]`. rows_seen: (visible, bias or None), `[b, r]` each."""
+    visible, bias = rows_seen
     seq = keys_p.shape[1]
     start = _band_start(i0, stride) + c * chunk
     kc = jax.lax.dynamic_slice_in_dim(keys_p, start, chunk, axis=0)  # [chunk, seq, kvh, d]
@@ -126,9 +130,8 @@ def _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, range_, 
     k_rows = start - range_ + jnp.arange(chunk)
     offset = q_rows[:, None] - 1 - k_rows[None, :]  # [block, chunk]
     in_band = (offset >= 0) & (offset < range_)
-    seen = jnp.take_along_axis(
-        jax.lax.dynamic_slice_in_dim(visible, i0, block, axis=0), jnp.clip(offset, 0, range_ - 1), axis=1
-    )
+    at_offset = jnp.clip(offset, 0, range_ - 1)
+    seen = jnp.take_along_axis(jax.lax.dynamic_slice_in_dim(visible, i0, block, axis=0), at_offset, axis=1)
     allowed = (in_band & seen)[:, None, :, None] & valid[None, None]  # [block, 1, chunk, seq]
     allowed = jnp.broadcast_to(allowed, (block, t, chunk, seq)).reshape(block * t, chunk * seq)
     band = jnp.broadcast_to(in_band[:, None, :, None], (block, t, chunk, seq)).reshape(block * t, chunk * seq)
@@ -137,6 +140,9 @@ def _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, range_, 
     s = jnp.einsum("kqd,ckd->kqc", qm, kc, preferred_element_type=F32) * scale
     g = qm.shape[1] // (block * t)
     s = s.reshape(kvh, g, block * t, -1)
+    if bias is not None:
+        extra = jnp.take_along_axis(jax.lax.dynamic_slice_in_dim(bias, i0, block, axis=0), at_offset, axis=1)
+        s = s + jnp.broadcast_to(extra[:, None, :, None], (block, t, chunk, seq)).reshape(block * t, chunk * seq)
     s = jnp.where(allowed, s, MASKED)
     s = jnp.where(band, s, -jnp.inf).reshape(kvh, g * block * t, -1)
     return s, kc, allowed
@@ -148,9 +154,9 @@ def _local(q, k, v, mask, scale):
     return jnp.where(mask[:, None, None], s, MASKED)
 
 
-def _forward(q, keys, values, key_valid, visible, local, block, chunk, stride):
+def _forward(q, keys, values, key_valid, rows_seen, local, block, chunk, stride):
     b, t, kvh, g, d = q.shape
-    r = visible.shape[1]
+    r = rows_seen[0].shape[1]
     scale = d**-0.5
     chunks, keys_p, values_p, valid_p = _padded(keys, values, key_valid, r, block, chunk, stride)
     lk, lv, lmask = local
@@ -169,7 +175,7 @@ def _forward(q, keys, values, key_valid, visible, local, block, chunk, stride):
 
         def body(c, carry):
             m, l, acc = carry
-            s, _, _ = _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, r, scale, stride)
+            s, _, _ = _chunk_scores(qm, keys_p, valid_p, rows_seen, i0, c, t, block, chunk, r, scale, stride)
             vc = jax.lax.dynamic_slice_in_dim(values_p, _band_start(i0, stride) + c * chunk, chunk, axis=0)
             vc = vc.reshape(chunk * vc.shape[1], kvh, d)
             m_new = jnp.maximum(m, s.max(-1))
@@ -190,19 +196,19 @@ def _forward(q, keys, values, key_valid, visible, local, block, chunk, stride):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _banded(q, keys, values, key_valid, visible, local, block, chunk, stride=1):
-    return _forward(q, keys, values, key_valid, visible, local, block, chunk, stride)[0]
+def _banded(q, keys, values, key_valid, rows_seen, local, block, chunk, stride=1):
+    return _forward(q, keys, values, key_valid, rows_seen, local, block, chunk, stride)[0]
 
 
-def _fwd(q, keys, values, key_valid, visible, local, block, chunk, stride=1):
-    out, stats = _forward(q, keys, values, key_valid, visible, local, block, chunk, stride)
-    return out, (q, keys, values, key_valid, visible, local, out, stats)
+def _fwd(q, keys, values, key_valid, rows_seen, local, block, chunk, stride=1):
+    out, stats = _forward(q, keys, values, key_valid, rows_seen, local, block, chunk, stride)
+    return out, (q, keys, values, key_valid, rows_seen, local, out, stats)
 
 
 def _bwd(block, chunk, stride, residuals, d_out):
-    q, keys, values, key_valid, visible, local, out, (m, l) = residuals
+    q, keys, values, key_valid, rows_seen, local, out, (m, l) = residuals
     b, t, kvh, g, d = q.shape
-    r = visible.shape[1]
+    r = rows_seen[0].shape[1]
     scale = d**-0.5
     chunks, keys_p, values_p, valid_p = _padded(keys, values, key_valid, r, block, chunk, stride)
     do = d_out.astype(F32)
@@ -228,7 +234,7 @@ def _bwd(block, chunk, stride, residuals, d_out):
 
         def body(c, inner):
             dq, dk_p, dv_p = inner
-            s, kc, allowed = _chunk_scores(qm, keys_p, valid_p, visible, i0, c, t, block, chunk, r, scale, stride)
+            s, kc, allowed = _chunk_scores(qm, keys_p, valid_p, rows_seen, i0, c, t, block, chunk, r, scale, stride)
             start = _band_start(i0, stride) + c * chunk
             vc = jax.lax.dynamic_slice_in_dim(values_p, start, chunk, axis=0)
             seq = vc.shape[1]
@@ -261,7 +267,8 @@ def _bwd(block, chunk, stride, residuals, d_out):
     d_keys = dk_p[r : r + keys.shape[0]].astype(keys.dtype)
     d_values = dv_p[r : r + keys.shape[0]].astype(values.dtype)
     d_local = (d_lk.astype(lk.dtype), d_lv.astype(lv.dtype), None)
-    return dq.astype(q.dtype), d_keys, d_values, None, None, d_local
+    d_rows_seen = (None, None if rows_seen[1] is None else jnp.zeros_like(rows_seen[1]))
+    return dq.astype(q.dtype), d_keys, d_values, None, d_rows_seen, d_local
 
 
 _banded.defvjp(_fwd, _bwd)

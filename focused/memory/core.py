@@ -45,7 +45,7 @@ def flash_chunk(kv_chunk: int, batch: int, heads: int, queries: int) -> int:
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["keys", "values", "mask", "filled"],
+    data_fields=["keys", "values", "mask", "filled", "bias"],
     meta_fields=["top_k", "heads_major"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +63,8 @@ class MemoryBlock:
             reads each head's chunk in place. Dense memory stores keep this layout (`focused.memory.dense`).
     filled: None, or an int32 scalar: slots from `filled` on are all masked (a buffer filled from slot 0), so the
             flash kernel reads only the chunks below it (one compiled program for every fill level).
+    bias:   None, or `[batch, mem]` float32 added to the slots' scores (CrossBatch's weighted distractors, training
+            only; read by the reference attention).
     """
 
     keys: jax.Array
@@ -71,6 +73,7 @@ class MemoryBlock:
     top_k: int | None = None
     heads_major: bool = False
     filled: jax.Array | None = None
+    bias: jax.Array | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -83,21 +86,24 @@ def heads_major(block: MemoryBlock) -> MemoryBlock:
     if block.heads_major:
         return block
     keys, values = jnp.moveaxis(block.keys, 2, 1), jnp.transpose(block.values, (0, 2, 3, 1))
-    return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True, filled=block.filled)
+    return MemoryBlock(keys, values, block.mask, block.top_k, heads_major=True, filled=block.filled, bias=block.bias)
 
 
 class RolledMemory(NamedTuple):
     """CrossBatch memory (training) before it is laid out: row i sees row i-1-j's window where `visible[i, j]`.
 
     keys, values: `[batch, seq, kv_heads, head_dim]` (the layer's own raw window keys/values); mask: `[batch, seq]`
-    bool (valid keys of each row's window); visible: `[batch, range]` bool. The flash kernel reads it in place, one
-    rolled window per loop step; `materialize()` builds the equivalent `MemoryBlock` (`[batch, range * seq, ...]`).
+    bool (valid keys of each row's window); visible: `[batch, range]` bool; bias: None or `[batch, range]` float32
+    added to the scores of row i's keys from row i-1-j (`CrossBatch.distractor_weight`). The flash kernel reads it
+    in place, one rolled window per loop step; `materialize()` builds the equivalent `MemoryBlock`
+    (`[batch, range * seq, ...]`).
     """
 
     keys: jax.Array
     values: jax.Array
     mask: jax.Array
     visible: jax.Array
+    bias: jax.Array | None = None
 
     @property
     def kv_heads(self) -> int:
@@ -112,7 +118,8 @@ class RolledMemory(NamedTuple):
         keys = jnp.concatenate([jnp.roll(self.keys, s, axis=0) for s in shifts], axis=1)
         values = jnp.concatenate([jnp.roll(self.values, s, axis=0) for s in shifts], axis=1)
         valid = jnp.concatenate([jnp.roll(self.mask, s, axis=0) for s in shifts], axis=1)
-        return MemoryBlock(keys, values, valid & jnp.repeat(self.visible, seq, axis=1))
+        bias = None if self.bias is None else jnp.repeat(self.bias, seq, axis=1)
+        return MemoryBlock(keys, values, valid & jnp.repeat(self.visible, seq, axis=1), bias=bias)
 
 
 class RetrievedMemory(NamedTuple):
@@ -162,6 +169,8 @@ def _memory_scores(
         return jnp.where(mask, s_mem, MASKED), values
     spec = "btkgd,bkmd->bkgtm" if memory.heads_major else "btkgd,bmkd->bkgtm"
     s_mem = jnp.einsum(spec, q, memory.keys.astype(q.dtype), preferred_element_type=f32) * scale
+    if memory.bias is not None:
+        s_mem = s_mem + memory.bias[:, None, None, None, :]
     s_mem = jnp.where(memory.mask[:, None, None, None, :], s_mem, MASKED)
     if top_k is None or top_k >= s_mem.shape[-1]:
         return s_mem, memory.values
@@ -273,13 +282,15 @@ def memory_attention(
 
             local, s = (k, v, local_mask), query_stride
             visible = memory.visible[s - 1 :: s]
-            out = banded_crossbatch_attention(qg, memory.keys, memory.values, memory.mask, visible, local, s)
+            bias = None if memory.bias is None else memory.bias[s - 1 :: s]
+            out = banded_crossbatch_attention(qg, memory.keys, memory.values, memory.mask, visible, local, s, bias)
             return out.reshape(batch, seq, heads, dim)
-        if impl != "flash" or top_k is not None or chunked or query_stride > 1:
+        if impl != "flash" or top_k is not None or chunked or query_stride > 1 or memory.bias is not None:
             full, rows = memory.materialize(), slice(query_stride - 1, None, query_stride)
-            memory = MemoryBlock(full.keys[rows], full.values[rows], full.mask[rows])  # the query rows' memory
+            bias = None if full.bias is None else full.bias[rows]
+            memory = MemoryBlock(full.keys[rows], full.values[rows], full.mask[rows], bias=bias)  # query rows
     in_place = isinstance(memory, RolledMemory)  # CrossBatch read in place by the flash kernel
-    dense_block = isinstance(memory, MemoryBlock) and top_k is None
+    dense_block = isinstance(memory, MemoryBlock) and top_k is None and memory.bias is None
     if impl == "flash" and (memory is None or dense_block or in_place):
         from focused.memory.flash import flash_attention_sets
 

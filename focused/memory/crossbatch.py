@@ -37,16 +37,22 @@ class CrossBatch:
     group: k, consecutive rows holding consecutive windows of one document.
     stepping: use the stepped number of contexts per row (see module docstring) instead of min(r + 1, i + 1).
     distractors: False = rows of other groups (other documents) are never seen; only positives remain.
+    distractor_weight: w, how many keys each key of another group's row counts as in the softmax: ln w is added to
+        its scores, as if the batch held w copies of every distractor (a memory w times larger, at the cost of
+        one). 1 = plain CrossBatch.
     """
 
     range: int
     group: int = 1
     stepping: bool = False
     distractors: bool = True
+    distractor_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.range < 0 or self.group < 1:
             raise ValueError(f"CrossBatch needs range >= 0 and group >= 1, got range={self.range}, group={self.group}")
+        if not self.distractor_weight > 0:
+            raise ValueError(f"CrossBatch distractor_weight must be > 0, got {self.distractor_weight}")
 
     def contexts(self, batch: int) -> np.ndarray:
         """`[batch]` int: how many contexts (own window included) each row uses."""
@@ -66,12 +72,23 @@ class CrossBatch:
             seen &= (rows - offsets[None, :]) // self.group == rows // self.group
         return seen
 
+    def bias(self, batch: int) -> np.ndarray | None:
+        """`[batch, range]` float32: ln(distractor_weight) where row i sees row i-1-j of another group, else 0;
+        None when the weight is 1."""
+        if self.distractor_weight == 1:
+            return None
+        rows, offsets = np.arange(batch)[:, None], np.arange(1, self.range + 1)[None, :]
+        other = (rows - offsets) // self.group != rows // self.group
+        return np.where(self.visible(batch) & other, np.log(self.distractor_weight), 0.0).astype(np.float32)
+
     def rolled(self, keys: jax.Array, values: jax.Array, key_valid: jax.Array) -> RolledMemory:
         """Every row's memory, not yet laid out: keys, values `[batch, seq, kv_heads, head_dim]` raw (un-rotated),
         key_valid `[batch, seq]` bool. The flash kernel reads it one rolled window at a time; anything else calls
         `materialize()` (the same as `memory`)."""
-        visible = jnp.asarray(self.visible(key_valid.shape[0]))  # [batch, range]
-        return RolledMemory(keys, values, key_valid, visible)
+        batch = key_valid.shape[0]
+        bias = self.bias(batch)
+        visible = jnp.asarray(self.visible(batch))  # [batch, range]
+        return RolledMemory(keys, values, key_valid, visible, None if bias is None else jnp.asarray(bias))
 
     def memory(self, keys: jax.Array, values: jax.Array, key_valid: jax.Array) -> MemoryBlock:
         """The MemoryBlock of every row from the layer's own window keys/values.

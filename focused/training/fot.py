@@ -29,6 +29,9 @@ class FotConfig:
     switch_step: switch to cross_batch_range at this step; -1 = not by step.
     switch_accuracy: switch once the logged train accuracy reaches this; -1 = not by accuracy.
     eval_range: r used by eval; -1 = cross_batch_range.
+    distractor_weight: w, how many keys each distractor key (another document's) counts as in the train step's
+        softmax (ln w added to its scores; `CrossBatch.distractor_weight`): w > 1 trains the memory layer as if its
+        memory held w times as many distractors as the batch has. 1 = the paper's CrossBatch; eval always uses 1.
     """
 
     cross_batch_range: int = 0
@@ -38,10 +41,18 @@ class FotConfig:
     switch_step: int = -1
     switch_accuracy: float = -1.0
     eval_range: int = -1
+    distractor_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.cross_batch_range < 0 or self.initial_range < -1 or self.eval_range < -1:
             raise ValueError("config.fot ranges must be >= 0 (or -1 for 'same as cross_batch_range')")
+        if not self.distractor_weight > 0:
+            raise ValueError(f"config.fot.distractor_weight must be > 0 (1 = unweighted), got {self.distractor_weight}")
+        if self.distractor_weight != 1 and not self.cross_batch_distractors:
+            raise ValueError(
+                "config.fot.distractor_weight weighs distractors, but config.fot.cross_batch_distractors=False has "
+                "none: set the weight to 1 or enable distractors"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FotConfig:
@@ -60,18 +71,19 @@ class RangeSchedule:
         self.group = group
         self.switched = cfg.initial_range < 0
 
-    def _spec(self, r: int) -> CrossBatch | None:
+    def _spec(self, r: int, weight: float = 1.0) -> CrossBatch | None:
         if r == 0:
             return None
         cfg = self.cfg
-        return CrossBatch(r, self.group, stepping=cfg.cross_batch_stepping, distractors=cfg.cross_batch_distractors)
+        distractors = cfg.cross_batch_distractors
+        return CrossBatch(r, self.group, cfg.cross_batch_stepping, distractors, distractor_weight=weight)
 
     @property
     def range(self) -> int:
         return self.cfg.cross_batch_range if self.switched else self.cfg.initial_range
 
     def train_spec(self) -> CrossBatch | None:
-        return self._spec(self.range)
+        return self._spec(self.range, self.cfg.distractor_weight)
 
     def eval_spec(self) -> CrossBatch | None:
         return self._spec(self.cfg.cross_batch_range if self.cfg.eval_range < 0 else self.cfg.eval_range)

@@ -21,6 +21,8 @@ CASES = [  # cross, rows, block, chunk, positions (None = every position), query
     (CrossBatch(7, group=2), 12, 6, 1, (0, 6), 1),  # one memory row per step
     (CrossBatch(5, group=2), 12, 3, 4, (2, 5), 2),  # queries only in the odd rows (dictionary lookup's queries)
     (CrossBatch(6, group=3), 12, 2, 3, None, 3),  # every third row, blocks of two query rows
+    (CrossBatch(5, group=2, distractor_weight=3.0), 12, 3, 4, (2, 5), 2),  # weighted distractors, query rows
+    (CrossBatch(6, group=3, distractor_weight=0.5), 12, 2, 3, None, 1),  # down-weighted distractors
 ]
 
 
@@ -39,18 +41,20 @@ def test_banded_read_equals_the_reference_over_the_materialised_block(cross, row
     local = causal_mask(jnp.asarray(key_valid))[stride - 1 :: stride][:, where]
     local = local | (jnp.arange(seq) == seq - 1)  # every query has a key of its own
     visible = jnp.asarray(cross.visible(rows))
+    bias = None if cross.bias(rows) is None else jnp.asarray(cross.bias(rows))
     cot = jnp.asarray(rng.normal(size=(n, t, heads, d)), jnp.float32)
 
     def banded(q, mk, mv, lk, lv):
         qg = q.reshape(n, t, kvh, heads // kvh, d)
-        mine = visible[stride - 1 :: stride]
+        mine = (visible[stride - 1 :: stride], None if bias is None else bias[stride - 1 :: stride])
         out = _banded(qg, mk, mv, jnp.asarray(key_valid), mine, (lk, lv, local), block, chunk, stride)
         return out.reshape(n, t, heads, d)
 
     def reference(q, mk, mv, lk, lv):
-        full = RolledMemory(mk, mv, jnp.asarray(key_valid), visible).materialize()
+        full = RolledMemory(mk, mv, jnp.asarray(key_valid), visible, bias).materialize()
         rows_q = slice(stride - 1, None, stride)
-        block_ = type(full)(full.keys[rows_q], full.values[rows_q], full.mask[rows_q])
+        weights = None if bias is None else full.bias[rows_q]
+        block_ = type(full)(full.keys[rows_q], full.values[rows_q], full.mask[rows_q], bias=weights)
         return memory_attention(q, lk, lv, local, block_, impl="reference")
 
     args = (q, mk, mv, lk, lv)

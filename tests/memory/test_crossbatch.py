@@ -102,3 +102,51 @@ def test_remat_gives_the_same_crossbatch_gradients():
     g2 = nnx.jit(nnx.grad(loss))(remat)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_distractor_bias_is_ln_w_on_seen_rows_of_other_documents_only():
+    cross = CrossBatch(3, group=2, distractor_weight=4.0)
+    bias, visible = cross.bias(6), cross.visible(6)
+    for i in range(6):
+        for j in range(3):
+            other = visible[i, j] and (i - 1 - j) // 2 != i // 2
+            assert bias[i, j] == pytest.approx(np.log(4.0) if other else 0.0)
+    assert CrossBatch(3, group=2).bias(6) is None
+    with pytest.raises(ValueError, match="distractor_weight must be > 0"):
+        CrossBatch(3, group=2, distractor_weight=0.0)
+
+
+@pytest.mark.parametrize("path", ["reference", "flash", "banded"])
+def test_a_distractor_weight_of_w_equals_w_copies_of_every_distractor(path, monkeypatch):
+    """Weight w (ln w on the scores) is the same attention as a memory that holds each distractor row's keys and
+    values w times over, built by hand here; for every read path (reference, the flash dispatch, the banded read)."""
+    from focused.memory import core
+    from focused.memory.core import MemoryBlock, causal_mask, memory_attention
+
+    rows, seq, heads, kvh, d, w = 6, 5, 4, 2, 8, 3
+    rng = np.random.default_rng(11)
+    q, lk, lv = (jnp.asarray(rng.normal(size=(rows, seq, n, d)), jnp.float32) for n in (heads, kvh, kvh))
+    mk, mv = (jnp.asarray(rng.normal(size=(rows, seq, kvh, d)), jnp.float32) for _ in range(2))
+    valid = np.ones((rows, seq), bool)
+    valid[2, :2] = False
+    local = causal_mask(jnp.asarray(valid)) | (jnp.arange(seq) == seq - 1)
+    cross = CrossBatch(3, group=2, distractor_weight=float(w))
+    if path == "banded":
+        monkeypatch.setattr(core, "BANDED_MIN_RANGE", 2)
+    impl = "reference" if path == "reference" else "flash"
+    got = memory_attention(q, lk, lv, local, cross.rolled(mk, mv, jnp.asarray(valid)), impl=impl)
+
+    width = 3 * w * seq
+    keys, values = np.zeros((rows, width, kvh, d), np.float32), np.zeros((rows, width, kvh, d), np.float32)
+    mask = np.zeros((rows, width), bool)
+    for i in range(rows):
+        slots = [i - 1 - j for j in range(3) if cross.visible(rows)[i, j]]
+        slots = [s for s in slots for _ in range(w if s // 2 != i // 2 else 1)]
+        for n, s in enumerate(slots):
+            keys[i, n * seq : (n + 1) * seq], values[i, n * seq : (n + 1) * seq] = mk[s], mv[s]
+            mask[i, n * seq : (n + 1) * seq] = valid[s]
+    copies = MemoryBlock(jnp.asarray(keys), jnp.asarray(values), jnp.asarray(mask))
+    want = memory_attention(q, lk, lv, local, copies, impl="reference")
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=0)
+    plain = memory_attention(q, lk, lv, local, CrossBatch(3, group=2).memory(mk, mv, jnp.asarray(valid)))
+    assert float(jnp.abs(plain - want).max()) > 1e-2  # the weight matters

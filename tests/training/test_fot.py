@@ -13,6 +13,9 @@ def test_specs_carry_every_setting_of_config_fot():
     assert schedule.eval_spec() == schedule.train_spec()
     assert RangeSchedule(FotConfig(cross_batch_range=0), group=2).train_spec() is None
     assert RangeSchedule(FotConfig(cross_batch_range=3), group=4).train_spec() == CrossBatch(3, 4)
+    weighted = RangeSchedule(FotConfig(cross_batch_range=3, distractor_weight=64.0), group=2)
+    assert weighted.train_spec() == CrossBatch(3, 2, distractor_weight=64.0)
+    assert weighted.eval_spec() == CrossBatch(3, 2)  # eval reads memory as inference does, unweighted
 
 
 def test_the_range_switches_once_by_step_or_by_accuracy():
@@ -33,3 +36,7 @@ def test_bad_settings_are_refused_with_the_field_named():
         FotConfig.from_dict({"cross_batch_distractor": False})  # a typo is not silently ignored
     with pytest.raises(ValueError, match="mem_layers is empty"):
         FotConfig(cross_batch_range=1).check(has_memory_layers=False)
+    with pytest.raises(ValueError, match="distractor_weight must be > 0"):
+        FotConfig(cross_batch_range=1, distractor_weight=-1.0)
+    with pytest.raises(ValueError, match="cross_batch_distractors=False has none"):
+        FotConfig(cross_batch_range=1, cross_batch_distractors=False, distractor_weight=8.0)
