@@ -35,13 +35,7 @@ from tqdm.auto import tqdm
 from focused.memory.backends import MemoryConfig
 from focused.memory.core import MemoryBlock, heads_major
 from focused.memory.dense import check_capacity
-from focused.memory.prefix import (
-    PrefixMemory,
-    as_documents,
-    as_windows,
-    default_windows_per_call,
-    query_windows,
-)
+from focused.memory.prefix import PrefixMemory, as_documents, as_windows, default_windows_per_call, query_windows
 from focused.memory.store import MemoryReader, MemoryStore, new_store
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static

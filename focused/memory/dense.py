@@ -28,13 +28,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.core import MemoryBlock, flash_chunk
-from focused.memory.prefix import (
-    PrefixMemory,
-    as_documents,
-    as_windows,
-    default_windows_per_call,
-    query_windows,
-)
+from focused.memory.prefix import PrefixMemory, as_documents, as_windows, default_windows_per_call, query_windows
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig, resolve_dtype
 from focused.model.graph import StaticGraph, merge, split_static
