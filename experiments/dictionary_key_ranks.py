@@ -56,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Where the right key ranks: {args.model}, eval-stream seed {args.seed}, one document per size",
         "",
-        f"| memory tokens | pairs | right key first | within top {args.k} | median rank | max rank | outranking keys "
-        "sharing no letter |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| memory tokens | pairs | right key first | within top {args.k} | queries: first in a head | first in most "
+        "heads | median rank | max rank | outranking keys sharing no letter |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['memory_tokens']} | {r['pairs']} | {r['first']:.1%} | {r[f'top{args.k}']:.1%} | "
+            f"{r['query_first_in_a_head']:.1%} | {r['query_first_in_most_heads']:.1%} | "
             f"{r['median_rank']:.0f} | {r['max_rank']} | {r['outranking_no_shared_letter']:.0%} |"
         )
     command = "python experiments/dictionary_key_ranks.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -120,9 +120,12 @@ def key_ranks(
 
 
 def summary(result: dict, k: int = 32) -> dict:
-    """Shares of (query, head) pairs with the right key first and within the top k, median and max rank, and the
-    share of outranking keys that share no key letter with the query."""
+    """Shares of (query, head) pairs with the right key first and within the top k, median and max rank, the shares
+    of queries whose right key is first in at least one head / in more than half the heads (the heads' values are
+    summed, so a query can be answered by a majority of heads), and the share of outranking keys that share no key
+    letter with the query."""
     ranks = result["ranks"]
+    heads_first = (ranks == 0).sum(axis=1)  # [queries]
     out = result["outranking"]
     total = sum(out.values())
     none_shared = sum(v for (shared, _), v in out.items() if shared == 0)
@@ -131,6 +134,8 @@ def summary(result: dict, k: int = 32) -> dict:
         "pairs": int(ranks.size),
         "first": float(np.mean(ranks == 0)),
         f"top{k}": float(np.mean(ranks < k)),
+        "query_first_in_a_head": float(np.mean(heads_first > 0)),
+        "query_first_in_most_heads": float(np.mean(2 * heads_first > ranks.shape[1])),
         "median_rank": float(np.median(ranks)),
         "max_rank": int(ranks.max()),
         "outranking_keys": total,

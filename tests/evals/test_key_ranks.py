@@ -97,3 +97,15 @@ def test_the_script_writes_its_table(tmp_path):
     (row,) = json.loads(out.with_suffix(".json").read_text())
     assert row["memory_tokens"] == 1024 and row["pairs"] == 64
     assert "| 1024 | 64 |" in out.with_suffix(".md").read_text()
+
+
+def test_summary_counts_pairs_and_queries_as_defined():
+    ranks = np.array([[0, 0, 3, 0], [1, 0, 0, 5], [2, 40, 7, 1], [0, 0, 0, 0], [33, 0, 1, 2]])
+    outranking = {(0, 3): 6, (1, 3): 2, (-1, 0): 2}
+    row = summary({"memory_tokens": 64, "ranks": ranks, "outranking": outranking})
+    first_per_query = [3, 2, 0, 4, 1]
+    assert row["pairs"] == 20 and row["first"] == 10 / 20 and row["top32"] == 18 / 20
+    assert row["query_first_in_a_head"] == np.mean([n > 0 for n in first_per_query]) == 0.8
+    assert row["query_first_in_most_heads"] == np.mean([n > 2 for n in first_per_query]) == 0.4
+    assert row["median_rank"] == 0.5 and row["max_rank"] == 40
+    assert row["outranking_keys"] == 10 and row["outranking_no_shared_letter"] == 0.6
