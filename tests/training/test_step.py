@@ -120,8 +120,9 @@ def test_sparse_loss_equals_the_full_loss_and_gradients(mem_layers, impl, spec):
     def loss(params, batch):
         return token_loss(nnx.merge(graphdef, params), batch, spec)
 
-    (full, (count, correct)), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
-    (cut, (count_s, correct_s)), grads_s = jax.value_and_grad(loss, has_aux=True)(params, sparse)
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (full, (count, correct)), grads = step(params, batch)
+    (cut, (count_s, correct_s)), grads_s = step(params, sparse)
     assert float(count_s) == float(count) == float(batch["loss_mask"].sum())
     assert int(correct_s) == int(correct)
     np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
@@ -179,8 +180,9 @@ def test_a_loss_on_query_rows_only_skips_the_other_rows_exactly(rows, r, impl, m
     def loss(params, batch):
         return token_loss(nnx.merge(graphdef, params), batch, spec)
 
-    (full, (count, correct)), grads = jax.value_and_grad(loss, has_aux=True)(params, batch)
-    (cut, (count_s, correct_s)), grads_s = jax.value_and_grad(loss, has_aux=True)(params, sparse)
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (full, (count, correct)), grads = step(params, batch)
+    (cut, (count_s, correct_s)), grads_s = step(params, sparse)
     assert float(count_s) == float(count) == mask.sum() and int(correct_s) == int(correct)
     np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s), strict=True):
