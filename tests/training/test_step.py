@@ -101,6 +101,19 @@ def sparse_batch(seed: int, rows: int = 4, seq: int = 16) -> dict[str, jnp.ndarr
     }
 
 
+def assert_same_loss_and_gradients(loss, params, batch: dict, sparse: dict) -> None:
+    """`loss(params, batch)` -> (loss, (count, correct)): the sparse batch gives the full batch's loss, counts and
+    gradients (one jitted value-and-gradient function for both)."""
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (full, (count, correct)), grads = step(params, batch)
+    (cut, (count_s, correct_s)), grads_s = step(params, sparse)
+    assert float(count_s) == float(count) == float(batch["loss_mask"].sum())
+    assert int(correct_s) == int(correct)
+    np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+
+
 @pytest.mark.parametrize(
     ("mem_layers", "impl", "spec"),
     [
@@ -120,14 +133,7 @@ def test_sparse_loss_equals_the_full_loss_and_gradients(mem_layers, impl, spec):
     def loss(params, batch):
         return token_loss(nnx.merge(graphdef, params), batch, spec)
 
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (full, (count, correct)), grads = step(params, batch)
-    (cut, (count_s, correct_s)), grads_s = step(params, sparse)
-    assert float(count_s) == float(count) == float(batch["loss_mask"].sum())
-    assert int(correct_s) == int(correct)
-    np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+    assert_same_loss_and_gradients(loss, params, batch, sparse)
 
 
 def test_output_positions_give_the_full_models_states_at_those_positions():
@@ -180,13 +186,7 @@ def test_a_loss_on_query_rows_only_skips_the_other_rows_exactly(rows, r, impl, m
     def loss(params, batch):
         return token_loss(nnx.merge(graphdef, params), batch, spec)
 
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (full, (count, correct)), grads = step(params, batch)
-    (cut, (count_s, correct_s)), grads_s = step(params, sparse)
-    assert float(count_s) == float(count) == mask.sum() and int(correct_s) == int(correct)
-    np.testing.assert_allclose(float(cut), float(full), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_s), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * float(jnp.abs(a).max()))
+    assert_same_loss_and_gradients(loss, params, batch, sparse)
     assert calls == ([1, 2] if impl == "flash" else [])  # banded: the full pass, then the query rows (stride 2)
 
 
