@@ -59,15 +59,10 @@ def memory_keys(model: LlamaForCausalLM, doc: DictionaryDocument) -> np.ndarray:
 
 def memory_queries(model: LlamaForCausalLM, doc: DictionaryDocument) -> np.ndarray:
     """The memory layer's queries on the first query page `[page_len, heads, head_dim]` (float32)."""
-    cfg, inner = model.config, model.model
-    (layer,) = cfg.mem_layers
+    cfg = model.config
     ids = jnp.asarray(doc.tokens(np.arange(doc.defs_len, doc.defs_len + cfg.max_position_embeddings))[None])
-    mask, rope, _ = inner._local_attention(ids.shape, None, None, None)
-    x = inner.embed_tokens(ids)
-    for below in inner.layers[:layer]:
-        x, _, _ = below(x, rope, mask, None, None, 0)
-    attn = inner.layers[layer]
-    q = attn.self_attn.q_proj(attn.input_layernorm(x))
+    x, _ = model.model.last_memory_layer_input(ids, None, None)
+    q = model.model.layers[cfg.mem_layers[0]].self_attn.q_proj(x)
     return np.asarray(q.reshape(ids.shape[1], cfg.num_attention_heads, cfg.head_size), np.float32)
 
 

@@ -205,9 +205,23 @@ class LlamaModel(nnx.Module):
         neither a memory layer's keys/values nor anything else when the window's hidden states are not needed (a
         prompt's prefix windows). With one memory layer this makes reading a long prompt linear in its length.
         """
+        if not self.config.mem_layers:
+            return ()
+        x, earlier = self.last_memory_layer_input(input_ids, attention_mask, memory)
+        last_layer = self.layers[max(self.config.mem_layers)]
+        return (*earlier, last_layer.self_attn.raw_kv(x))
+
+    def last_memory_layer_input(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None,
+        memory: Sequence[MemoryBlock | PrefixMemory | None] | None,
+    ) -> tuple[jax.Array, tuple[WindowKV, ...]]:
+        """(the normed input of the last memory layer's attention `[batch, seq, hidden]`, the raw K/V of the memory
+        layers before it): the layers below run as in `__call__`, the layer itself and those above do not."""
         cfg = self.config
         if not cfg.mem_layers:
-            return ()
+            raise ValueError("the model has no memory layers (config.mem_layers is empty)")
         mask, rope, _ = self._local_attention(input_ids.shape[:2], attention_mask, None, None)
         memory = memory or (None,) * len(cfg.mem_layers)
         if len(memory) != len(cfg.mem_layers):
@@ -215,13 +229,12 @@ class LlamaModel(nnx.Module):
         mem_by_layer = dict(zip(cfg.mem_layers, memory, strict=True))
         last = max(cfg.mem_layers)
         x = self.embed_tokens(input_ids)
-        new_kv: list[WindowKV] = []
+        earlier: list[WindowKV] = []
         for i, layer in enumerate(self.layers[:last]):
             x, kv, _ = layer(x, rope, mask, mem_by_layer.get(i), None, 0)
             if kv is not None:
-                new_kv.append(kv)
-        last_layer = self.layers[last]
-        return (*new_kv, last_layer.self_attn.raw_kv(last_layer.input_layernorm(x)))
+                earlier.append(kv)
+        return self.layers[last].input_layernorm(x), tuple(earlier)
 
     def _local_attention(
         self,
