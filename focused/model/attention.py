@@ -105,6 +105,7 @@ class Attention(nnx.Module):
         cfg = self.config
         key_valid = local_mask[:, -1, :]  # [batch, keys]: the last query's row of a causal mask
         x_q, stride = x, query_stride
+        window_rope = rope  # the window's own positions (a rotated cache writes its keys there)
         if stride > 1:
             if cache is not None or not (memory is None or isinstance(memory, CrossBatch)):
                 raise ValueError("query_stride > 1 is for training (CrossBatch memory or none), not for inference")
@@ -127,7 +128,7 @@ class Attention(nnx.Module):
             # stands between the in-place update and the reads (XLA:CPU would copy the buffer for one)
             kvh, d = cfg.kv_heads, cfg.head_size
             if self.cache_rotated:  # the new slots sit at the queries' positions
-                k = apply_rope(k, rope.q_cos, rope.q_sin)
+                k = apply_rope(k, window_rope.q_cos, window_rope.q_sin)
             k_t = jnp.swapaxes(k, 1, 2).reshape(b * kvh, t, d).astype(cache.keys.dtype)
             v_t = jnp.transpose(v, (0, 2, 3, 1)).reshape(b * kvh, d, t).astype(cache.values.dtype)
             new_cache = WindowKV(

@@ -298,8 +298,9 @@ class LlamaForCausalLM(nnx.Module):
         positions `[batch, seq]` (default 0..seq-1), memory: one `MemoryBlock` per memory layer, a `CrossBatch`
         spec (training: memory layers attend to earlier rows of the batch), or None; cache: a `LocalCache`
         (generation, see focused.generate); logit_positions: `[k]` int indices into the window: the lm_head runs
-        only there and logits are `[batch, k, vocab]` (None = every position). The full-vocabulary projection
-        is the largest matmul of a small model, so decoding and `forward_long(logits="last")` skip it elsewhere.
+        only there, and the last decoder layer's queries too, and logits are `[batch, k, vocab]` (None = every
+        position): decoding and `forward_long(logits="last")` skip the full-vocabulary projection, the largest
+        matmul of a small model, elsewhere.
         output_positions: `[batch, n]` int, per row (training on a sparse loss, `focused.training.step`): logits
         are `[batch, n, vocab]` and the last decoder layer runs only there too (`LlamaModel`); with
         output_stride s > 1 only for rows s-1, 2s-1, …: `[batch / s, n]` → logits `[batch / s, n, vocab]`."""
@@ -307,11 +308,14 @@ class LlamaForCausalLM(nnx.Module):
             raise ValueError("pass logit_positions (shared by all rows) or output_positions (per row), not both")
         if output_stride > 1 and output_positions is None:
             raise ValueError("output_stride > 1 needs output_positions (the positions of the rows it keeps)")
+        at = None if logit_positions is None else jnp.asarray(logit_positions, jnp.int32)
+        if at is not None and at.shape[0]:  # the same positions in every row
+            output_positions = jnp.broadcast_to(at[None], (input_ids.shape[0], at.shape[0]))
         hidden, kv, cache = self.model(
             input_ids, attention_mask, positions, memory, inputs_embeds, cache, output_positions, output_stride
         )
-        if logit_positions is not None:
-            hidden = jnp.take(hidden, jnp.asarray(logit_positions, jnp.int32), axis=1)
+        if at is not None and not at.shape[0]:  # no logits wanted, only the memory K/V and the cache
+            hidden = hidden[:, :0]
         if self.config.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(hidden)
         else:
