@@ -83,6 +83,8 @@ def forward_long_reference(
             k = (y @ p[pre + "self_attn.k_proj.kernel"]).reshape(t, kvh, d)
             v = (y @ p[pre + "self_attn.v_proj.kernel"]).reshape(t, kvh, d)
             is_mem = layer in config.mem_layers
+            if is_mem and config.mem_key_norm:  # each key head scaled to a root-mean-square of 1
+                k = k / np.sqrt((k**2).mean(-1, keepdims=True) + config.rms_norm_eps)
             k_raw = k
             if not is_mem or config.mem_positionals:
                 q, k = rope(q, pos, config.rope_theta), rope(k, pos, config.rope_theta)

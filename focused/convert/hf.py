@@ -162,9 +162,16 @@ def hf_config_dict(config: LlamaConfig, *, format: str = "longllama", torch_dtyp
         "use_cache": True,
     }
     if format == "llama":
+        if config.mem_key_norm and config.mem_layers:
+            raise ValueError(
+                "mem_key_norm changes the memory layers' keys, which a plain LlamaForCausalLM cannot do: export "
+                "with format='longllama'"
+            )
         return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **out}
     longllama = config.to_dict()
     out.update({name: longllama[name] for name in LONGLLAMA_FIELDS})
+    if config.mem_key_norm:  # ours only: written when set, so other exports keep LongLLaMA's exact fields
+        out["mem_key_norm"] = True
     out.update({"torch_attention": False, "gradient_checkpoint_every_ith": 1})
     return {"architectures": ["LongLlamaForCausalLM"], "model_type": "longllama", **out}
 
@@ -247,6 +254,7 @@ def config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32", dtype
     }
     if model_type == "longllama":
         values.update({name: hf[name] for name in LONGLLAMA_FIELDS if hf.get(name) is not None})
+        values["mem_key_norm"] = bool(hf.get("mem_key_norm", False))
     return LlamaConfig(**values)
 
 

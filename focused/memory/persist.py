@@ -35,6 +35,8 @@ FINGERPRINT_FIELDS = (
 def fingerprint(config: LlamaConfig) -> dict[str, Any]:
     out = {name: getattr(config, name) for name in FINGERPRINT_FIELDS}
     out["mem_layers"] = list(config.mem_layers)
+    if config.mem_key_norm:  # the stored keys are normalised (only then recorded: older files stay loadable)
+        out["mem_key_norm"] = True
     return out
 
 

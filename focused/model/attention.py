@@ -176,10 +176,16 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(*q.shape[:2], -1)), raw, new_cache
 
     def raw_kv(self, x: jax.Array) -> WindowKV:
-        """The un-rotated keys and values `[batch, seq, kv_heads, head_dim]` of x `[batch, seq, hidden]`."""
+        """The un-rotated keys and values `[batch, seq, kv_heads, head_dim]` of x `[batch, seq, hidden]` (a memory
+        layer's keys RMS-normalised per head when `config.mem_key_norm`)."""
+        cfg = self.config
         b, t, _ = x.shape
-        shape = (b, t, self.config.kv_heads, self.config.head_size)
-        return WindowKV(self.k_proj(x).reshape(shape), self.v_proj(x).reshape(shape))
+        shape = (b, t, cfg.kv_heads, cfg.head_size)
+        k = self.k_proj(x).reshape(shape)
+        if cfg.mem_key_norm and self.is_memory_layer:
+            k32 = k.astype(jnp.float32)
+            k = (k32 * jax.lax.rsqrt(jnp.mean(k32 * k32, axis=-1, keepdims=True) + cfg.rms_norm_eps)).astype(k.dtype)
+        return WindowKV(k, self.v_proj(x).reshape(shape))
 
 
 class RopeTables(NamedTuple):

@@ -59,6 +59,10 @@ class LlamaConfig:
     mem_positionals: bool = True
     last_context_length: int = 1024
     mem_attention_grouping: tuple[int, int] | None = None
+    # ours, not LongLLaMA's: memory layers' keys RMS-normalised per head (no weight), so that every key has the same
+    # norm and a query ranks memory keys by direction alone (see README "Dictionary lookup": at 1M tokens the keys
+    # that outrank the right one are the long ones). Exported in config.json; the official code would ignore it.
+    mem_key_norm: bool = False
     # numerics
     param_dtype: str = "float32"
     dtype: str = "float32"

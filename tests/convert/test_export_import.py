@@ -79,6 +79,16 @@ def test_longllama_and_llama_config_fields(tmp_path, model):
     assert plain["attention_bias"] is False and plain["mlp_bias"] is False
 
 
+def test_key_norm_is_written_only_when_set_and_read_back(tmp_path):
+    normed = random_model(tiny_config(mem_key_norm=True), seed=8)
+    export_hf(normed, normed.config, tmp_path / "normed")
+    assert json.loads((tmp_path / "normed" / "config.json").read_text())["mem_key_norm"] is True
+    assert import_hf(tmp_path / "normed").config.mem_key_norm is True
+    assert "mem_key_norm" not in hf_config_dict(tiny_config())
+    with pytest.raises(ValueError, match="format='longllama'"):
+        hf_config_dict(normed.config, format="llama")
+
+
 def test_sharded_export_round_trips(tmp_path, model):
     limit = 40_000
     export_hf(model, model.config, tmp_path / "hf", max_shard_size="40KB")

@@ -36,9 +36,9 @@ def build(config: LlamaConfig, seed: int = 0) -> LlamaForCausalLM:
     return model
 
 
-@pytest.mark.parametrize("positionals", [True, False])
-def test_windows_with_memory_match_direct_recomputation(positionals):
-    config = tiny_config(mem_positionals=positionals, mem_layers=(0, 2))
+@pytest.mark.parametrize("positionals, key_norm", [(True, False), (False, False), (True, True)])
+def test_windows_with_memory_match_direct_recomputation(positionals, key_norm):
+    config = tiny_config(mem_positionals=positionals, mem_layers=(0, 2), mem_key_norm=key_norm)
     model = build(config, seed=1)
     rng = np.random.default_rng(2)
     ids = rng.integers(0, config.vocab_size, size=(2, 4 * 16 + 5))  # four full windows and a short one
