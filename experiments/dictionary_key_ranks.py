@@ -57,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         f"# Where the right key ranks: {args.model}, eval-stream seed {args.seed}, one document per size",
         "",
         f"| memory tokens | pairs | right key first | within top {args.k} | queries: first in a head | first in most "
-        "heads | median rank | max rank | outranking keys sharing no letter |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "heads | median rank | max rank | outranking keys sharing no letter | right key first by direction | "
+        "outranking keys' length (share of keys shorter, median) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['memory_tokens']} | {r['pairs']} | {r['first']:.1%} | {r[f'top{args.k}']:.1%} | "
             f"{r['query_first_in_a_head']:.1%} | {r['query_first_in_most_heads']:.1%} | "
-            f"{r['median_rank']:.0f} | {r['max_rank']} | {r['outranking_no_shared_letter']:.0%} |"
+            f"{r['median_rank']:.0f} | {r['max_rank']} | {r['outranking_no_shared_letter']:.0%} | "
+            f"{r['first_by_direction']:.1%} | {_share(r['outranking_norm_median'])} |"
         )
     command = "python experiments/dictionary_key_ranks.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines += ["", f"Command: `{command.strip()}`", ""]
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(f"{args.out}.md").write_text("\n".join(lines))
         Path(f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

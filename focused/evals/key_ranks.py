@@ -9,7 +9,10 @@ every query head of the memory layer against all N memory keys, exactly (numpy),
 - `rank`: per (query, query head), how many memory keys score above the best position of the queried definition
   (0 = the right key is first; < k = it is among the k neighbours FAISS returns);
 - `outranking`: for the keys above it (up to `per_pair` per pair), how many key letters their definition shares in
-  place with the queried key, and their offset inside their item (which token of a definition they sit on).
+  place with the queried key, and their offset inside their item (which token of a definition they sit on);
+- `direction_ranks`: the same ranks with every key scaled to unit length (by cosine: what the ranking would be if
+  keys differed in direction only), and `outranking_norm`: for each key above the right one, the share of memory
+  keys (of its kv head) shorter than it (near 1 = the outranking keys are the long ones).
 
 Scope: models with exactly one memory layer and no positional encoding in it (`mem_positionals=False`, the
 dictionary models): its keys depend only on the layers below, which read no memory, so every window's keys are
@@ -100,25 +103,40 @@ def key_ranks(
     last_letter = int(task.markers) + task.key_len - 1  # its position predicts the value
     asked = doc.queried[: task.items_per_page]
     ranks = np.zeros((len(asked), cfg.num_attention_heads), np.int64)
+    direction_ranks = np.zeros_like(ranks)
+    norms = np.linalg.norm(keys, axis=-1)  # [N, kv_heads]
+    norm_order = np.argsort(np.argsort(norms, axis=0), axis=0) / len(norms)  # share of keys shorter than each
     outranking: collections.Counter = collections.Counter()
+    outranking_norm: list[float] = []
     for i, definition in enumerate(asked):
         right = owner == definition
         for head in range(cfg.num_attention_heads):
-            scores = keys[:, head // group] @ queries[i * task.item_len + last_letter, head]
+            kv_head = head // group
+            scores = keys[:, kv_head] @ queries[i * task.item_len + last_letter, head]
             best = scores[right].max()
             above = np.flatnonzero(scores > best)
             ranks[i, head] = len(above)
+            cosines = scores / np.maximum(norms[:, kv_head], 1e-30)
+            direction_ranks[i, head] = int((cosines > cosines[right].max()).sum())
+            outranking_norm += norm_order[above, kv_head].tolist()
             for j in above[np.argsort(-scores[above])][:per_pair]:
                 shared = -1 if owner[j] < 0 else int((doc.keys[owner[j]] == doc.keys[definition]).sum())
                 outranking[(shared, int(offset[j]))] += 1
-    return {"memory_tokens": memory_tokens, "ranks": ranks, "outranking": dict(outranking)}
+    return {
+        "memory_tokens": memory_tokens,
+        "ranks": ranks,
+        "outranking": dict(outranking),
+        "direction_ranks": direction_ranks,
+        "outranking_norm": np.asarray(outranking_norm),
+    }
 
 
 def summary(result: dict, k: int = 32) -> dict:
     """Shares of (query, head) pairs with the right key first and within the top k, median and max rank, the shares
     of queries whose right key is first in at least one head / in more than half the heads (the heads' values are
     summed, so a query can be answered by a majority of heads), and the share of outranking keys that share no key
-    letter with the query."""
+    letter with the query; with `direction_ranks` / `outranking_norm` (`key_ranks`), the share of pairs whose right
+    key is first by direction alone and the median norm share of the outranking keys (None when none outrank)."""
     ranks = result["ranks"]
     heads_first = (ranks == 0).sum(axis=1)  # [queries]
     out = result["outranking"]
@@ -135,4 +153,8 @@ def summary(result: dict, k: int = 32) -> dict:
         "max_rank": int(ranks.max()),
         "outranking_keys": total,
         "outranking_no_shared_letter": none_shared / total if total else 0.0,
+        "first_by_direction": float(np.mean(result["direction_ranks"] == 0)) if "direction_ranks" in result else None,
+        "outranking_norm_median": (
+            float(np.median(result["outranking_norm"])) if len(result.get("outranking_norm", ())) else None
+        ),
     }

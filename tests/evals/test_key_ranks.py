@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import focused.evals.key_ranks as key_ranks_module
 import focused.model.attention as attention
 from focused.convert import import_hf
 from focused.data.synthetic import DictionaryTaskConfig, load_task, make_document
+from focused.evals.dictionary import EVAL_STREAM
 from focused.evals.key_ranks import definition_of_position, key_ranks, memory_keys, memory_queries, summary
 from focused.model.config import LlamaConfig
 from focused.model.llama import LlamaForCausalLM
@@ -102,10 +104,37 @@ def test_the_script_writes_its_table(tmp_path):
 def test_summary_counts_pairs_and_queries_as_defined():
     ranks = np.array([[0, 0, 3, 0], [1, 0, 0, 5], [2, 40, 7, 1], [0, 0, 0, 0], [33, 0, 1, 2]])
     outranking = {(0, 3): 6, (1, 3): 2, (-1, 0): 2}
-    row = summary({"memory_tokens": 64, "ranks": ranks, "outranking": outranking})
+    direction = np.where(ranks > 1, ranks - 2, 0)
+    result = {"memory_tokens": 64, "ranks": ranks, "outranking": outranking, "direction_ranks": direction}
+    row = summary({**result, "outranking_norm": np.array([0.5, 0.9, 0.99])})
     first_per_query = [3, 2, 0, 4, 1]
     assert row["pairs"] == 20 and row["first"] == 10 / 20 and row["top32"] == 18 / 20
     assert row["query_first_in_a_head"] == np.mean([n > 0 for n in first_per_query]) == 0.8
     assert row["query_first_in_most_heads"] == np.mean([n > 2 for n in first_per_query]) == 0.4
     assert row["median_rank"] == 0.5 and row["max_rank"] == 40
     assert row["outranking_keys"] == 10 and row["outranking_no_shared_letter"] == 0.6
+    assert row["first_by_direction"] == 15 / 20 and row["outranking_norm_median"] == 0.9
+    assert summary({**result, "outranking_norm": np.zeros(0)})["outranking_norm_median"] is None
+
+
+def test_a_long_unrelated_key_outranks_by_dot_product_but_not_by_direction(monkeypatch):
+    """Hand-made keys: definition d's tokens have key e_d and its query is e_d (dot product 1); one filler token has
+    key 1.5 · (1, …, 1), which scores 1.5 with every query but is at cosine 1/√8 from each."""
+    task = DictionaryTaskConfig(page_len=34)  # 8 items of 4 tokens and 2 filler tokens a page
+    doc = make_document(task, 1, np.random.default_rng([0, EVAL_STREAM, task.page_len, 0]))  # key_ranks' document
+    owner, offset = definition_of_position(doc)
+    heads, kv_heads, dim = 4, 2, 8
+    eye = np.eye(dim, dtype=np.float32)
+    keys = np.zeros((doc.defs_len, kv_heads, dim), np.float32)
+    keys[owner >= 0] = eye[owner[owner >= 0], None]
+    long_key = np.flatnonzero(owner < 0)[0]
+    keys[long_key] = 1.5
+    asked = doc.queried[: task.items_per_page]
+    queries = np.zeros((task.page_len, heads, dim), np.float32)
+    queries[np.arange(len(asked)) * task.item_len + task.key_len - 1] = eye[asked, None]
+    monkeypatch.setattr(key_ranks_module, "memory_keys", lambda *_: keys)
+    monkeypatch.setattr(key_ranks_module, "memory_queries", lambda *_: queries)
+    result = key_ranks(tiny(), task, task.page_len, seed=0)
+    assert (result["ranks"] == 1).all() and (result["direction_ranks"] == 0).all()
+    assert result["outranking"] == {(-1, int(offset[long_key])): result["ranks"].size}
+    np.testing.assert_allclose(result["outranking_norm"], (doc.defs_len - 1) / doc.defs_len)
