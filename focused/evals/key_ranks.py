@@ -105,7 +105,7 @@ def key_ranks(
     ranks = np.zeros((len(asked), cfg.num_attention_heads), np.int64)
     direction_ranks = np.zeros_like(ranks)
     norms = np.linalg.norm(keys, axis=-1)  # [N, kv_heads]
-    norm_order = np.argsort(np.argsort(norms, axis=0), axis=0) / len(norms)  # share of keys shorter than each
+    sorted_norms = np.sort(norms, axis=0)
     outranking: collections.Counter = collections.Counter()
     outranking_norm: list[float] = []
     for i, definition in enumerate(asked):
@@ -118,7 +118,8 @@ def key_ranks(
             ranks[i, head] = len(above)
             cosines = scores / np.maximum(norms[:, kv_head], 1e-30)
             direction_ranks[i, head] = int((cosines > cosines[right].max()).sum())
-            outranking_norm += norm_order[above, kv_head].tolist()
+            shorter = np.searchsorted(sorted_norms[:, kv_head], norms[above, kv_head])  # keys shorter than each
+            outranking_norm += (shorter / len(norms)).tolist()
             for j in above[np.argsort(-scores[above])][:per_pair]:
                 shared = -1 if owner[j] < 0 else int((doc.keys[owner[j]] == doc.keys[definition]).sum())
                 outranking[(shared, int(offset[j]))] += 1
