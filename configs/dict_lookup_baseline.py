@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.max_position_embeddings = 2 * page
     config.model.last_context_length = page
     config.model.mem_layers = ()
+    config.model.mem_key_norm = False  # no memory layers
     config.data.batch_size //= 2
     config.data.k = 1
     config.fot.cross_batch_range = 0

@@ -9,7 +9,9 @@ without keys scores 1/16. Training pages hold 2-16 definitions (`min_defs`) whos
 (`key_groups`), so that only a whole-key match answers every query.
 
 Model: 2 layers, d 128, 4 heads of 32 (2 key/value heads), FF 256, window 64 = one page; layer 1 is the memory
-layer without positional encodings (mem_positionals=False, the paper's small-model variant). Batch 128 rows = 64
+layer without positional encodings (mem_positionals=False, the paper's small-model variant), its keys RMS-normalised
+per head (mem_key_norm, ours: with LongLLaMA's raw keys the longest memory keys outrank the right one at 1M+ tokens;
+README "Results" has both variants; `--config.model.mem_key_norm=False` trains LongLLaMA's). Batch 128 rows = 64
 documents, k = 2 (row 2g holds the definitions, row 2g+1 the queries). The paper's d curriculum: d = 1 (r = 1:
 the query row sees its own definitions row) until the logged train accuracy reaches `switch_accuracy`, then
 r = 63 (its definitions plus 62 rows of other documents as distractors).
@@ -53,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
             rms_norm_eps=1e-6,
             mem_layers=(1,),
             mem_positionals=False,
+            mem_key_norm=True,
             mem_dtype="float32",
             last_context_length=task.page_len // 2,
         )

@@ -12,7 +12,9 @@ What it computes (DESIGN §3), per batch row b, head h and query position t:
     out_t      = sum_m w_mem[m] V_mem[m] + sum_s w_loc[s] V_loc[s]
 
 With no memory it is ordinary (grouped-query) attention. Key/value heads are shared by groups of
-`heads // kv_heads` query heads (grouped-query attention); memory is kept per key/value head.
+`heads // kv_heads` query heads (grouped-query attention); memory is kept per key/value head. With
+`mem_key_norm` (ours, not LongLLaMA's) a memory layer's keys, local and memory alike, arrive here RMS-normalised per
+head (`Attention.raw_kv`): this function does not change.
 """
 
 from __future__ import annotations

@@ -30,6 +30,13 @@ def test_the_whole_pipeline_runs_at_smoke_size(tmp_path, monkeypatch):
             assert load_task(continued) == load_task(tmp_path / "runs" / name)
     wider = json.loads((tmp_path / "runs" / "dict_lookup_fot.continued2" / "model_config.json").read_text())
     assert wider["attention_impl"] == "flash"
+    exported = {
+        n: json.loads((tmp_path / "models" / n / "config.json").read_text())
+        for n in ("dict_lookup_fot", "dict_lookup_d1")
+    }
+    assert all(
+        cfg["mem_key_norm"] is True for cfg in exported.values()
+    )  # the memory layer of configs/dict_lookup_fot.py
     assert not (tmp_path / "runs" / "dict_lookup_d1.continued2").exists()
     assert not (tmp_path / "runs" / "dict_lookup_baseline.continued").exists()
     report = json.loads((tmp_path / "out" / "results.json").read_text())
