@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -194,7 +195,12 @@ class KnnMemoryStore:
         if self.config.values_path is None:
             return np.zeros(shape, dtype)
         Path(self.config.values_path).mkdir(parents=True, exist_ok=True)
-        return np.memmap(Path(self.config.values_path) / f"{name}.bin", dtype=dtype, mode="w+", shape=shape)
+        # A file of its own, removed from the directory once mapped (the mapping keeps it until the store is
+        # freed): two stores, or two processes, given the same values_path would otherwise map one file, and one
+        # re-creating it truncates the other's mapping (SIGBUS).
+        with tempfile.NamedTemporaryFile(dir=self.config.values_path, prefix=f"{name}-", suffix=".bin") as f:
+            payload = np.memmap(f.name, dtype=dtype, mode="w+", shape=shape)
+        return payload
 
     def _device(self, index: faiss.Index, trained: bool) -> faiss.Index:
         """Moves a trained index to the GPU when enabled (IVF training buffers stay on the host)."""

@@ -179,10 +179,15 @@ def test_memmap_payload_matches_ram(tmp_path):
     queries = rng.standard_normal((LAYERS, BATCH, 3, HEADS, DIM)).astype(np.float32)
     ram = fill(KnnIndexConfig(capacity=64, payload_dtype="float16"), windows)
     mapped = fill(KnnIndexConfig(capacity=64, payload_dtype="float16", values_path=str(tmp_path / "mm")), windows)
-    assert isinstance(mapped.values, np.memmap) and (tmp_path / "mm" / "values.bin").stat().st_size == ram.values.nbytes
+    assert isinstance(mapped.values, np.memmap) and mapped.values.nbytes == ram.values.nbytes
     for got, want in zip(mapped.search(queries, 10), ram.search(queries, 10), strict=True):
         np.testing.assert_array_equal(got, want)
     assert mapped.search(queries, 10)[1].dtype == np.float16
+    # a second store on the same directory maps files of its own: the first one's payload is untouched
+    before = np.array(mapped.values)
+    fill(KnnIndexConfig(capacity=64, payload_dtype="float16", values_path=str(tmp_path / "mm")), windows[:1])
+    np.testing.assert_array_equal(np.asarray(mapped.values), before)
+    assert not list((tmp_path / "mm").iterdir())  # nothing left in the directory
 
 
 def test_bad_inputs_raise_clear_errors():
