@@ -136,8 +136,8 @@ def summary(result: dict, k: int = 32) -> dict:
     """Shares of (query, head) pairs with the right key first and within the top k, median and max rank, the shares
     of queries whose right key is first in at least one head / in more than half the heads (the heads' values are
     summed, so a query can be answered by a majority of heads), and the share of outranking keys that share no key
-    letter with the query; with `direction_ranks` / `outranking_norm` (`key_ranks`), the share of pairs whose right
-    key is first by direction alone and the median norm share of the outranking keys (None when none outrank)."""
+    letter with the query; the share of pairs whose right key is first by direction alone, and the median length
+    share of the outranking keys (None when none outrank)."""
     ranks = result["ranks"]
     heads_first = (ranks == 0).sum(axis=1)  # [queries]
     out = result["outranking"]
@@ -154,8 +154,6 @@ def summary(result: dict, k: int = 32) -> dict:
         "max_rank": int(ranks.max()),
         "outranking_keys": total,
         "outranking_no_shared_letter": none_shared / total if total else 0.0,
-        "first_by_direction": float(np.mean(result["direction_ranks"] == 0)) if "direction_ranks" in result else None,
-        "outranking_norm_median": (
-            float(np.median(result["outranking_norm"])) if len(result.get("outranking_norm", ())) else None
-        ),
+        "first_by_direction": float(np.mean(result["direction_ranks"] == 0)),
+        "outranking_norm_median": float(np.median(result["outranking_norm"])) if total else None,
     }

@@ -195,9 +195,7 @@ class KnnMemoryStore:
         if self.config.values_path is None:
             return np.zeros(shape, dtype)
         Path(self.config.values_path).mkdir(parents=True, exist_ok=True)
-        # A file of its own, removed from the directory once mapped (the mapping keeps it until the store is
-        # freed): two stores, or two processes, given the same values_path would otherwise map one file, and one
-        # re-creating it truncates the other's mapping (SIGBUS).
+        # files of their own, unlinked once mapped: stores sharing a values_path must not truncate each other's maps
         with tempfile.NamedTemporaryFile(dir=self.config.values_path, prefix=f"{name}-", suffix=".bin") as f:
             payload = np.memmap(f.name, dtype=dtype, mode="w+", shape=shape)
         return payload

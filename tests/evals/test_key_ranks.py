@@ -114,7 +114,7 @@ def test_summary_counts_pairs_and_queries_as_defined():
     assert row["median_rank"] == 0.5 and row["max_rank"] == 40
     assert row["outranking_keys"] == 10 and row["outranking_no_shared_letter"] == 0.6
     assert row["first_by_direction"] == 15 / 20 and row["outranking_norm_median"] == 0.9
-    assert summary({**result, "outranking_norm": np.zeros(0)})["outranking_norm_median"] is None
+    assert summary({**result, "outranking": {}, "outranking_norm": np.zeros(0)})["outranking_norm_median"] is None
 
 
 def test_a_long_unrelated_key_outranks_by_dot_product_but_not_by_direction(monkeypatch):
