@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -309,8 +310,15 @@ class TrainCheckpoints:
 
     def _failed(self, step: int, error: BaseException) -> TrainingError:
         self._pending = None
-        for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):  # the half-written step, never used
-            shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.suppress(Exception):  # other writers of the failed save may still run: let them stop first
+            self._mngr.wait_until_finished()
+        for _ in range(50):  # the half-written step, never used; retried while a late write recreates a part
+            partials = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+            if not partials:
+                break
+            for partial in partials:
+                shutil.rmtree(partial, ignore_errors=True)
+            time.sleep(0.02)
         reason = disk_problem(error) or describe(error, 160)
         return TrainingError(f"could not save checkpoint step {step} in {self.directory}: {reason}; {self._kept()}")
 
