@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_hidden_layers = 12
     config.model.num_attention_heads = 8
     config.model.num_key_value_heads = 8
+    config.model.head_dim = None  # hidden / heads = 64
     config.model.max_position_embeddings = 256
     config.model.last_context_length = 128
     config.model.mem_layers = (8,)

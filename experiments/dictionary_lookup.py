@@ -89,6 +89,7 @@ SMOKE_TRAIN = (
     "--config.model.intermediate_size=64",
     "--config.model.num_attention_heads=2",
     "--config.model.num_key_value_heads=1",
+    "--config.model.head_dim=16",
     "--config.data.batch_size=8",
     "--config.train.steps=4",
     "--config.train.warmup_steps=1",
