@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from focused.memory.faiss_index import INDEX_TYPES, KnnIndexConfig, KnnMemoryStore
+from focused.memory.faiss_index import KnnMemoryStore
+from focused.memory.index_config import INDEX_TYPES, KnnIndexConfig
 
 COLUMNS = ("type", "N", "dim", "threads", "build_s", "search_ms", "recall", "peak_rss_gib", "load")
 

@@ -184,7 +184,8 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_faiss(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+    from focused.memory.faiss_index import KnnMemoryStore
+    from focused.memory.index_config import KnnIndexConfig
 
     sizes = [int(float(s)) for s in (args.faiss_sizes or ("1e4" if args.tiny else "1e6,16e6")).split(",")]
     dim, queries, k, chunk = 128, 64, 32, 1 << 20

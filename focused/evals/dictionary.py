@@ -43,7 +43,7 @@ from focused.config import checked_fields
 from focused.data.synthetic import DictionaryDocument, DictionaryTaskConfig, key_free_accuracy, make_document
 from focused.memory.backends import MemoryConfig
 from focused.memory.dense import DenseMemoryState, append_window, check_capacity, init_memory, memory_blocks
-from focused.memory.faiss_index import KnnIndexConfig
+from focused.memory.index_config import KnnIndexConfig
 from focused.memory.knn import KnnRetriever, add_window, new_store
 from focused.memory.prefix import as_documents
 from focused.model.attention import WindowKV

@@ -20,7 +20,7 @@ import numpy as np
 
 from focused.config import checked_fields
 from focused.memory.dense import POLICIES, forward_long
-from focused.memory.faiss_index import KnnIndexConfig
+from focused.memory.index_config import KnnIndexConfig
 from focused.memory.knn import forward_long_knn, new_store
 from focused.model.llama import LlamaForCausalLM
 

@@ -21,109 +21,16 @@ import json
 import os
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import faiss
-import jax
 import numpy as np
 
-INDEX_TYPES = ("flat", "flat_fp16", "ivf_flat", "ivf_sq8", "ivf_fp16", "hnsw")
-POLICIES = ("error", "drop_oldest")
-PAYLOAD_DTYPES = ("float32", "float16")
+from focused.memory.index_config import KnnIndexConfig, empty_index, flat_contents, trained_ivf, use_gpu
+
 # Fields that may differ between a saved memory and the store loading it: search-time knobs and placement.
 LOAD_FREE_FIELDS = ("nprobe", "ef_search", "use_gpu", "values_path", "num_threads")
 FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class KnnIndexConfig:
-    """How the kNN memory indexes its keys.
-
-    index_type: "flat" (exact IndexFlatIP), "flat_fp16" (exact search over float16-rounded keys, half the RAM of
-      flat: an IndexScalarQuantizer, CPU only), "ivf_flat", "ivf_sq8", "ivf_fp16" (IVF, raw / 8-bit / fp16 codes)
-      or "hnsw" (IndexHNSWFlat).
-    nlist, nprobe: IVF lists, and lists scanned per query.   hnsw_m, ef_search: HNSW graph degree, search beam.
-    train_size: valid keys an IVF index collects (searched exactly meanwhile) before it is trained on them.
-    use_gpu: "auto" (faiss-gpu when JAX runs on a GPU), True or False; without faiss GPU support → CPU + a warning.
-    values_path: directory for `np.memmap` payload files instead of RAM (None: RAM).
-    capacity: tokens kept per batch row.   policy: "error" or "drop_oldest" (removes the oldest ids).
-    payload_dtype: storage of the returned key/value copies, "float32" or "float16" (the index keeps float32).
-    num_threads: OpenMP threads for FAISS (None: all cores this process may use). When other busy processes share
-      the cores, use fewer: spinning OpenMP threads then made flat search 10-30x slower (bench/RESULTS.md, section 3).
-    """
-
-    index_type: str = "flat"
-    nlist: int = 1024
-    nprobe: int = 32
-    hnsw_m: int = 32
-    ef_search: int = 64
-    train_size: int = 65536
-    use_gpu: bool | str = "auto"
-    values_path: str | None = None
-    capacity: int = 65536
-    policy: str = "error"
-    payload_dtype: str = "float32"
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"unknown index_type {self.index_type!r}; use one of {INDEX_TYPES}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown memory capacity policy {self.policy!r}; use one of {POLICIES}")
-        if self.payload_dtype not in PAYLOAD_DTYPES:
-            raise ValueError(f"unknown payload_dtype {self.payload_dtype!r}; use one of {PAYLOAD_DTYPES}")
-        if self.use_gpu not in ("auto", True, False):
-            raise ValueError(f"use_gpu must be 'auto', True or False, got {self.use_gpu!r}")
-        for name in ("nlist", "nprobe", "hnsw_m", "ef_search", "train_size", "capacity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be positive or None, got {self.num_threads}")
-        if self.is_ivf and self.train_size < self.nlist:
-            raise ValueError(f"train_size {self.train_size} is smaller than nlist {self.nlist}: k-means needs more")
-        if self.policy == "drop_oldest" and self.index_type == "hnsw":
-            raise ValueError("policy 'drop_oldest' needs remove_ids, which FAISS HNSW lacks: use flat or ivf_*")
-        if self.use_gpu is True and (self.index_type in ("hnsw", "flat_fp16") or self.policy == "drop_oldest"):
-            raise ValueError(
-                "FAISS GPU indexes support neither hnsw, flat_fp16 nor remove_ids (drop_oldest): set use_gpu=False"
-            )
-
-    @property
-    def is_ivf(self) -> bool:
-        return self.index_type.startswith("ivf")
-
-
-def _empty_index(config: KnnIndexConfig, dim: int) -> faiss.Index:
-    """A fresh index; for IVF types the exact buffer used until training (`_trained_ivf` builds the real one)."""
-    if config.index_type == "hnsw":
-        return faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT))
-    if config.index_type == "flat_fp16":
-        return faiss.IndexIDMap(
-            faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        )
-    return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
-
-
-def _trained_ivf(config: KnnIndexConfig, keys: np.ndarray, ids: np.ndarray) -> faiss.Index:
-    """keys `[n, dim]` float32 (n >= train_size), ids `[n]` → an IVF index trained on the first train_size keys."""
-    dim = keys.shape[1]
-    quantizer = faiss.IndexFlatIP(dim)
-    if config.index_type == "ivf_flat":
-        index = faiss.IndexIVFFlat(quantizer, dim, config.nlist, faiss.METRIC_INNER_PRODUCT)
-    else:
-        qtype = faiss.ScalarQuantizer.QT_8bit if config.index_type == "ivf_sq8" else faiss.ScalarQuantizer.QT_fp16
-        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, config.nlist, qtype, faiss.METRIC_INNER_PRODUCT)
-    index.train(keys[: config.train_size])
-    index.add_with_ids(keys, ids)
-    return index
-
-
-def _flat_contents(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
-    """An IndexIDMap(IndexFlatIP) → (keys `[n, dim]` float32, ids `[n]` int64), copies."""
-    inner = faiss.downcast_index(index.index)
-    keys = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d).copy()
-    return keys, faiss.vector_to_array(index.id_map).copy()
 
 
 def exact_search(
@@ -147,20 +54,6 @@ def exact_search(
     return best_s, best_i
 
 
-def _use_gpu(config: KnnIndexConfig) -> bool:
-    """Resolves `use_gpu`; warns once (per store) and returns False when FAISS cannot reach a GPU."""
-    if config.use_gpu is False:
-        return False
-    if config.use_gpu == "auto" and (
-        jax.default_backend() != "gpu" or config.index_type in ("hnsw", "flat_fp16") or config.policy == "drop_oldest"
-    ):
-        return False
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
-        warnings.warn("FAISS has no GPU support here (install faiss-gpu-cu12): kNN memory stays on CPU", stacklevel=3)
-        return False
-    return True
-
-
 class KnnMemoryStore:
     """The kNN memory of one model: `num_layers` memory layers × `batch` rows × `kv_heads` FAISS indexes.
 
@@ -179,7 +72,7 @@ class KnnMemoryStore:
         self.config = config
         faiss.cvar.distance_compute_blas_threshold = 20  # default 128000 makes batched flat search ~5x slower
         faiss.omp_set_num_threads(config.num_threads or len(os.sched_getaffinity(0)))
-        self._gpu = faiss.StandardGpuResources() if _use_gpu(config) else None
+        self._gpu = faiss.StandardGpuResources() if use_gpu(config) else None
         shape = (num_layers, batch, config.capacity, kv_heads, head_dim)
         self.keys = self._payload("keys", shape)
         self.values = self._payload("values", shape)
@@ -188,7 +81,7 @@ class KnnMemoryStore:
         self.search_calls = 0
         self._lock = threading.RLock()
         self._trained = np.full(num_layers * batch * kv_heads, not config.is_ivf)
-        self._indexes = [self._device(_empty_index(config, head_dim), trained) for trained in self._trained]
+        self._indexes = [self._device(empty_index(config, head_dim), trained) for trained in self._trained]
 
     def _payload(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         dtype = np.dtype(self.config.payload_dtype)
@@ -262,7 +155,7 @@ class KnnMemoryStore:
         index = self._indexes[slot]
         index.add_with_ids(keys, ids)
         if not self._trained[slot] and index.ntotal >= self.config.train_size:
-            self._indexes[slot] = self._device(_trained_ivf(self.config, *_flat_contents(index)), True)
+            self._indexes[slot] = self._device(trained_ivf(self.config, *flat_contents(index)), True)
             self._trained[slot] = True
 
     def _evict(self, new_oldest: int) -> None:

@@ -42,7 +42,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from focused.memory.core import RetrievedMemory
-from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+from focused.memory.faiss_index import KnnMemoryStore
+from focused.memory.index_config import KnnIndexConfig
 from focused.model.graph import StaticGraph, merge, split_static
 from focused.model.llama import LlamaForCausalLM
 

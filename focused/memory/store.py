@@ -40,7 +40,8 @@ from focused.memory.dense import (
     memory_view,
     read_chunk,
 )
-from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+from focused.memory.faiss_index import KnnMemoryStore
+from focused.memory.index_config import KnnIndexConfig
 from focused.memory.knn import KnnRetriever, add_window
 from focused.model.attention import WindowKV
 from focused.model.config import LlamaConfig

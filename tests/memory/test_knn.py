@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focused.memory.faiss_index import KnnIndexConfig, KnnMemoryStore
+from focused.memory.faiss_index import KnnMemoryStore
+from focused.memory.index_config import KnnIndexConfig
 from focused.memory.knn import add_window, search_in_jit, search_result_shapes
 
 LAYERS, BATCH, KV_HEADS, HEADS, DIM, K = 2, 3, 2, 4, 8, 6

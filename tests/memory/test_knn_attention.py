@@ -3,7 +3,7 @@
 import numpy as np
 
 from focused.memory.dense import forward_long
-from focused.memory.faiss_index import KnnIndexConfig
+from focused.memory.index_config import KnnIndexConfig
 from focused.memory.knn import forward_long_knn, new_store
 from tests.memory.test_dense import build, tiny_config
 
