@@ -287,7 +287,7 @@ def memory_attention(
             bias = None if memory.bias is None else memory.bias[s - 1 :: s]
             out = banded_crossbatch_attention(qg, memory.keys, memory.values, memory.mask, visible, local, s, bias)
             return out.reshape(batch, seq, heads, dim)
-        if impl != "flash" or top_k is not None or chunked or query_stride > 1 or memory.bias is not None:
+        if impl != "flash" or top_k is not None or chunked or query_stride > 1:
             full, rows = memory.materialize(), slice(query_stride - 1, None, query_stride)
             bias = None if full.bias is None else full.bias[rows]
             memory = MemoryBlock(full.keys[rows], full.values[rows], full.mask[rows], bias=bias)  # query rows

@@ -52,18 +52,21 @@ def _length(key_set: KeySet | RolledMemory, heads_major: bool) -> int:
 
 
 def _rolled_chunk(key_set: RolledMemory, j: jax.Array, dtype):
-    """Chunk j of a CrossBatch memory: every row's view of row i-1-j (k, v `[b, seq, kvh, d]`, mask `[b, 1, seq]`)."""
+    """Chunk j of a CrossBatch memory: every row's view of row i-1-j (k, v `[b, seq, kvh, d]`, mask `[b, 1, seq]`,
+    and the score bias of that view, `[b]` float32 or None)."""
     shift = j + 1
     kj = jnp.roll(key_set.keys, shift, axis=0).astype(dtype)
     vj = jnp.roll(key_set.values, shift, axis=0).astype(dtype)
     seen = jax.lax.dynamic_index_in_dim(key_set.visible, j, axis=1, keepdims=False)  # [b]
     mj = jnp.roll(key_set.mask, shift, axis=0) & seen[:, None]
-    return kj, vj, mj[:, None, :], None, jnp.ones(kj.shape[1], bool)
+    bias = None if key_set.bias is None else jax.lax.dynamic_index_in_dim(key_set.bias, j, axis=1, keepdims=False)
+    return kj, vj, mj[:, None, :], None, jnp.ones(kj.shape[1], bool), bias
 
 
 def _chunk_of(key_set: KeySet | RolledMemory, j: jax.Array, chunk: int, dtype, heads_major: bool = False):
-    """Chunk j of a key set: k, v (as dtype, `LAYOUTS`), mask `[b, t|1, chunk]`, start, and `fresh` `[chunk]`
-    (False for keys an earlier chunk already covered)."""
+    """Chunk j of a key set: k, v (as dtype, `LAYOUTS`), mask `[b, t|1, chunk]`, start, `fresh` `[chunk]` (False
+    for keys an earlier chunk already covered) and a per-row score bias `[b]` (CrossBatch's weighted distractors) or
+    None."""
     if isinstance(key_set, RolledMemory):
         return _rolled_chunk(key_set, j, dtype)
     k, v, mask = key_set
@@ -73,14 +76,23 @@ def _chunk_of(key_set: KeySet | RolledMemory, j: jax.Array, chunk: int, dtype, h
     vj = jax.lax.dynamic_slice_in_dim(v, start, chunk, axis=v_axis).astype(dtype)
     mj = jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2)
     fresh = start + jnp.arange(chunk) >= j * chunk
-    return kj, vj, mj, start, fresh
+    return kj, vj, mj, start, fresh, None
 
 
 def _scores(
-    q: jax.Array, k: jax.Array, mask: jax.Array, fresh: jax.Array, scale: float, k_spec: str = "bckd"
+    q: jax.Array,
+    k: jax.Array,
+    mask: jax.Array,
+    fresh: jax.Array,
+    scale: float,
+    k_spec: str = "bckd",
+    bias: jax.Array | None = None,
 ) -> jax.Array:
-    """q `[b, kvh, g, t, d]`, k `[b, c, kvh, d]` (or as `k_spec`) → masked scores `[b, kvh, g, t, c]` float32."""
+    """q `[b, kvh, g, t, d]`, k `[b, c, kvh, d]` (or as `k_spec`), bias None or `[b]` (added to every score of the
+    row) → masked scores `[b, kvh, g, t, c]` float32."""
     s = jnp.einsum(f"bkgtd,{k_spec}->bkgtc", q, k, preferred_element_type=F32) * scale
+    if bias is not None:
+        s = s + bias[:, None, None, None, None]
     s = jnp.where(mask[:, None, None], s, MASKED)
     return jnp.where(fresh, s, -jnp.inf)
 
@@ -120,9 +132,9 @@ def _forward(
 
         def body(j, carry, key_set=key_set, size=size, heads_major=heads_major):
             m, l, acc = carry
-            kj, vj, mj, _, fresh = _chunk_of(key_set, j, size, q.dtype, heads_major)
+            kj, vj, mj, _, fresh, bias = _chunk_of(key_set, j, size, q.dtype, heads_major)
             k_spec, v_spec = LAYOUTS[heads_major]
-            s = _scores(qt, kj, mj, fresh, scale, k_spec)
+            s = _scores(qt, kj, mj, fresh, scale, k_spec, bias)
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.exp(s - m_new[..., None])
             corr = jnp.exp(m - m_new)
@@ -208,8 +220,8 @@ def _bwd(chunk, layouts, residuals, d_out):
 
         def body(carry, j, key_set=key_set, size=size, rolled=rolled):
             dq, dk, dv = carry
-            kj, vj, mj, start, fresh = _chunk_of(key_set, j, size, q.dtype)
-            s = _scores(qt, kj, mj, fresh, scale)
+            kj, vj, mj, start, fresh, bias = _chunk_of(key_set, j, size, q.dtype)
+            s = _scores(qt, kj, mj, fresh, scale, bias=bias)
             p = jnp.exp(s - m[..., None]) / l[..., None]  # [b, kvh, g, t, c]
             dv_j = _key_grad(p, do)
             dp = jnp.einsum("bkgtd,bckd->bkgtc", do, vj)

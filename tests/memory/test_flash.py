@@ -195,8 +195,16 @@ def test_a_heads_major_memory_set_gives_the_token_major_outputs_and_gradients():
     np.testing.assert_allclose(np.asarray(dv), np.asarray(jnp.transpose(wv, (0, 2, 3, 1))), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("cross", [CrossBatch(3, group=2), CrossBatch(2, group=4, stepping=True), CrossBatch(0)])
-def test_crossbatch_memory_read_in_place_equals_the_materialised_block(cross):
+@pytest.mark.parametrize(
+    "cross",
+    [
+        CrossBatch(3, group=2),
+        CrossBatch(2, group=4, stepping=True),
+        CrossBatch(0),
+        CrossBatch(3, group=2, distractor_weight=3.0),  # ln 3 on other documents' rows, read in place too
+    ],
+)
+def test_crossbatch_memory_read_in_place_equals_the_materialised_block(cross, monkeypatch):
     """The flash kernel reads CrossBatch memory one rolled window at a time (`RolledMemory`): outputs and gradients
     (through the keys/values, which are also the rows' local keys) equal the reference over the materialised
     `[batch, range * seq]` block, with padding."""
@@ -218,6 +226,13 @@ def test_crossbatch_memory_read_in_place_equals_the_materialised_block(cross):
             return memory_attention(q, k, v, local, rolled, impl=impl, kv_chunk=4)
 
         return fn
+
+    if cross.distractor_weight != 1:  # the flash path reads the weighted memory in place, never materialising it
+        calls = []
+        monkeypatch.setattr(RolledMemory, "materialize", lambda self: calls.append(1) or None)
+        jax.eval_shape(run("flash"), q, k, v)
+        assert not calls
+        monkeypatch.undo()
 
     want = run("reference")(q, k, v)
     np.testing.assert_allclose(np.asarray(run("flash")(q, k, v)), np.asarray(want), atol=1e-5, rtol=0)
