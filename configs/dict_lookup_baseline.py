@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.mem_layers = ()
     config.model.mem_key_norm = False  # no memory layers
     config.model.head_dim = None  # heads of 32: without memory, the width of a key changes nothing it can see
+    config.model.num_key_value_heads = 2
     config.data.batch_size //= 2
     config.data.k = 1
     config.fot.cross_batch_range = 0

@@ -9,7 +9,7 @@ Each checkpoint is scored with the task layout it was trained on (`dictionary_ta
 and copied by export); a field set in `config.dictionary.task` (e.g. `--config.dictionary.task.queries=4`)
 overrides that field for every checkpoint. Memory as in the paper: FAISS
 with k = 32 neighbours per query. Sizes up to `dictionary.device_up_to` run as exact top-k on the device (the same
-neighbours as a flat index). Above it the flat index keeps every key in RAM (16M tokens x 2 kv heads x 64 dims of
+neighbours as a flat index). Above it the flat index keeps every key in RAM (16M tokens x 1 kv head x 128 dims of
 float32 = 8 GiB for configs/dict_lookup_fot.py); the key/value copies it returns are float16 memmap files under
 `index.values_path`, outside the process's anonymous memory. `index.index_type=ivf_fp16` halves the index
 (approximate search). Evaluation documents are drawn from `dictionary.seed`, a stream no training run reads.

@@ -14,13 +14,7 @@ from focused.memory.backends import MemoryConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "dictionary" / "results.json"
-SHIPPED = (
-    "dict_lookup_fot",
-    "dict_lookup_fot_hd32",
-    "dict_lookup_fot_longllama",
-    "dict_lookup_d1",
-    "dict_lookup_baseline",
-)
+SHIPPED = ("dict_lookup_fot", "dict_lookup_d1", "dict_lookup_baseline")
 SIZE = 4096  # tokens of definitions: 64 pages, past the baseline's window, exact top-k on the device
 
 
